@@ -1,0 +1,1 @@
+"""crackxai: explainable concrete-crack classification."""

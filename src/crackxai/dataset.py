@@ -1,0 +1,72 @@
+"""The preprocessed dataset on disk, as written by `preprocess` and read by every later stage.
+
+data/processed/
+  classes.json             {"classes": [...], "image_size": S}   class index = position
+  {split}_images.npy       uint8 (N, S, S, 3) RGB, memory-mappable
+  {split}_labels.npy       int64 (N,)
+  {split}_masks.npy        uint8 (N, S, S) 0/1 crack masks (only when the source has masks)
+  {split}.csv              one row per image: index, path, label, class, sha256, has_mask
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crackxai.errors import DataError
+from crackxai.paths import PROCESSED_DIR
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    name: str
+    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    labels: np.ndarray  # (N,) int64
+    masks: np.ndarray | None  # (N, S, S) uint8 or None when the data has no masks
+    records: pd.DataFrame  # per-row source file, class, sha256, has_mask
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def has_mask(self) -> np.ndarray:
+        if self.masks is None:
+            return np.zeros(len(self), dtype=bool)
+        return self.records["has_mask"].to_numpy(dtype=bool)
+
+
+def read_classes(processed_dir: str | Path = PROCESSED_DIR) -> list[str]:
+    path = Path(processed_dir) / "classes.json"
+    if not path.is_file():
+        raise DataError(
+            f"'{path}' not found: the preprocessed dataset is missing. "
+            "Run `dvc repro preprocess` (or `python -m crackxai.preprocess`) first."
+        )
+    return list(json.loads(path.read_text())["classes"])
+
+
+def load_split(name: str, processed_dir: str | Path = PROCESSED_DIR, mmap: bool = True) -> Split:
+    """Load one split; images are memory-mapped so large sets do not have to fit in RAM."""
+    if name not in SPLITS:
+        raise DataError(f"Unknown split '{name}'. Allowed: {', '.join(SPLITS)}.")
+    d = Path(processed_dir)
+    classes = read_classes(d)
+    files = {k: d / f"{name}_{k}.npy" for k in ("images", "labels", "masks")}
+    for key in ("images", "labels"):
+        if not files[key].is_file():
+            raise DataError(
+                f"'{files[key]}' not found. Rerun `dvc repro preprocess` to rebuild {d}."
+            )
+    mode = "r" if mmap else None
+    images = np.load(files["images"], mmap_mode=mode)
+    labels = np.load(files["labels"])
+    masks = np.load(files["masks"], mmap_mode=mode) if files["masks"].is_file() else None
+    records = pd.read_csv(d / f"{name}.csv")
+    return Split(name, images, labels, masks, records, classes)

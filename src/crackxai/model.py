@@ -1,0 +1,132 @@
+"""The classifier: raw 0-255 RGB in, class probabilities out, ResNet50 inside.
+
+The ResNet50 layers are built *flat* into the model (`input_tensor=`), not nested as a sub-model,
+so `conv5_block3_out` is a top-level layer: tf-keras-vis and hand-written Grad-CAM can reach it.
+The head is a softmax even for two classes, so ScoreCAM (which softmaxes the scores) is not
+degenerate, and the crack probability is simply `probs[:, positive_class]`.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from crackxai.errors import CrackxaiError
+
+RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RESNET50_NOTOP_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP_FILE
+)
+RESNET_STAGES = ("conv5_", "conv4_", "conv3_", "conv2_")  # top to bottom, for fine-tuning
+LAST_CONV_LAYER = "conv5_block3_out"
+
+
+@keras.saving.register_keras_serializable(package="crackxai")
+class ResNetPreprocess(layers.Layer):
+    """`keras.applications.resnet.preprocess_input` as a layer, saved with the model."""
+
+    def call(self, inputs):
+        return keras.applications.resnet.preprocess_input(inputs)
+
+
+def imagenet_cache_path() -> Path:
+    return Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else
+                Path.home() / ".keras") / "models" / RESNET50_NOTOP_FILE
+
+
+def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """What to pass to `ResNet50(weights=...)`; fails fast when ImageNet weights cannot be had."""
+    if weights is None or str(weights).lower() in ("null", "none", ""):
+        return None
+    if weights == "imagenet":
+        cache = imagenet_cache_path()
+        if cache.is_file() or _online():
+            return "imagenet"  # Keras loads from its cache or downloads into it
+        raise CrackxaiError(
+            f"model.weights=imagenet: the ImageNet weights are not cached at '{cache}' and "
+            f"{RESNET50_NOTOP_URL} cannot be reached (no network). Place that file at that path, "
+            "or use model.weights=null (random initialisation) or model.weights=/path/to/weights.h5."
+        )
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CrackxaiError(
+            f"model.weights='{weights}': no such file. Give a local ResNet50 (include_top=False) "
+            "weights file, or use model.weights=imagenet or model.weights=null."
+        )
+    return str(path)
+
+
+def build_model(
+    num_classes: int,
+    image_size: int,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    flip: bool = True,
+    translate: float = 0.1,
+    seed: int = 42,
+) -> keras.Model:
+    """ResNet50 backbone + global average pooling + softmax head, preprocessing included."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if flip:
+        x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
+    if translate > 0:
+        x = layers.RandomTranslation(translate, translate, fill_mode="reflect", seed=seed,
+                                     name="augment_translate")(x)
+    x = ResNetPreprocess(name="resnet_preprocess")(x)
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=resolve_weights(weights), input_tensor=x
+    )
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
+    if dropout > 0:
+        x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    # float32 output keeps softmax stable under mixed precision
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="crackxai_resnet50")
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [layer for layer in model.layers if layer.name.startswith(("conv", "pool1"))]
+
+
+def set_backbone_trainable(model: keras.Model, unfreeze_stages: int | None) -> None:
+    """None: whole backbone trainable; 0: frozen; k: only the top k ResNet stages trainable.
+
+    BatchNorm layers in a partly frozen backbone stay frozen, i.e. in inference mode.
+    """
+    stages = RESNET_STAGES[: unfreeze_stages or 0]
+    for layer in backbone_layers(model):
+        if unfreeze_stages is None:
+            layer.trainable = True
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+        else:
+            layer.trainable = layer.name.startswith(stages) if stages else False
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved classifier, with a clear error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrackxaiError(
+            f"Model file '{path}' not found. Train one with `dvc repro train` "
+            "(or `python -m crackxai.train`), or pass the path of a saved .keras model."
+        )
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises several types for bad files
+        raise CrackxaiError(
+            f"Cannot load model '{path}': {str(exc).splitlines()[0]}. "
+            "Expected a Keras 3 .keras file saved by crackxai.train or keras.Model.save()."
+        ) from None

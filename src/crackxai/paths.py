@@ -1,0 +1,17 @@
+"""Where each stage reads and writes, relative to the project root (DVC runs stages from there)."""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+MANIFEST = Path("data/manifest.csv")
+PROCESSED_DIR = Path("data/processed")
+MODELS_DIR = Path("models")
+MODEL_FILE = MODELS_DIR / "model.keras"
+RUN_FILE = MODELS_DIR / "mlflow_run.json"
+TRAIN_STATE_DIR = Path("models/.train_state")  # BackupAndRestore + checkpoints (not a DVC output)
+REPORTS_DIR = Path("reports")
+DATA_QUALITY = REPORTS_DIR / "data_quality.json"
+TRAIN_HISTORY = REPORTS_DIR / "train_history.csv"
+METRICS = REPORTS_DIR / "metrics.json"
+PLOTS_DIR = REPORTS_DIR / "plots"
+EXPLAIN_DIR = REPORTS_DIR / "explain"

@@ -1,0 +1,202 @@
+"""MLflow plumbing shared by train, evaluate and explain: one run per trained model.
+
+The store is `tracking.uri`, else `MLFLOW_TRACKING_URI`, else a SQLite database in the *user's*
+project (`<project>/mlflow.db`, artifacts in `<project>/mlartifacts`). The project is DVC_ROOT when
+DVC runs the stage: queued experiments run in copies under .dvc/tmp/exps, and a store relative to
+that copy would be thrown away with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from crackxai.config import Config, flatten, to_dict
+from crackxai.errors import CrackxaiError
+from crackxai.io import write_json
+from crackxai.paths import RUN_FILE
+
+EXPS_TMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def project_root() -> Path:
+    """The user's project: DVC_ROOT (set by DVC for every stage, the parent repo for queued
+    experiments), else the part of the working directory above .dvc/tmp/exps, else the cwd."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    cwd = str(Path.cwd().resolve())
+    if EXPS_TMP_MARKER in cwd + os.sep:
+        return Path((cwd + os.sep).split(EXPS_TMP_MARKER, 1)[0])
+    return Path(cwd)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db; relative SQLite and
+    file paths are made absolute against the user's project."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(project_root() / uri[len("sqlite:///"):])
+    if "://" not in uri:  # a plain folder: MLflow's file store
+        return (project_root() / uri).resolve().as_uri()
+    return uri
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Local stores keep artifacts beside the database; a server decides for itself."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise SQLite schema creation and experiment creation across parallel runs."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def connect(tracking_uri: str, experiment: str) -> str:
+    """Point MLflow at the store, failing fast and clearly if it is unreachable; returns the
+    experiment id (created on first use)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with _store_lock(tracking_uri):
+            client = mlflow.MlflowClient(tracking_uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is not None:
+                return exp.experiment_id
+            return client.create_experiment(
+                experiment, artifact_location=default_artifact_location(tracking_uri)
+            )
+    except Exception as exc:  # MLflow raises many types for a bad store
+        reason = " ".join(str(exc).split())[:300]
+        raise CrackxaiError(
+            f"MLflow tracking store '{redact(tracking_uri)}' is not reachable ({reason}). Start the "
+            "server (see README 'Shared tracking server'), fix tracking.uri / MLFLOW_TRACKING_URI, "
+            "or use the local default: tracking=local."
+        ) from None
+
+
+def redact(uri: str) -> str:
+    """Hide credentials in URIs such as postgresql://user:password@host/db."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path.cwd())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Provenance tags: git commit and dirty flag, DVC stage and experiment, library versions."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    tags = {
+        "crackxai.stage": stage,
+        "dvc.stage": os.environ.get("DVC_STAGE", ""),
+        "keras.backend": keras.backend.backend(),
+        "version.keras": keras.__version__,
+        "version.tensorflow": tf.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.python": platform.python_version(),
+    }
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        tags["dvc.experiment"] = exp_name
+        tags["dvc.baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    return {k: v for k, v in tags.items() if v != ""}
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """Every resolved config value as an MLflow param, dotted keys (params are strings)."""
+    return {k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+            for k, v in flatten(to_dict(cfg)).items()}
+
+
+def start_model_run(cfg: Config, stage: str = "train", extra_tags: dict[str, str] | None = None):
+    """Start the model's MLflow run (named after the DVC experiment when there is one)."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    experiment_id = connect(uri, cfg.tracking.experiment)
+    run = mlflow.start_run(experiment_id=experiment_id,
+                           run_name=os.environ.get("DVC_EXP_NAME") or None,
+                           tags={**run_tags(stage), **(extra_tags or {})})
+    mlflow.log_params(config_params(cfg))
+    return run
+
+
+def write_run_file(run: Any, path: str | Path = RUN_FILE) -> None:
+    info = run.info
+    write_json(path, {"run_id": info.run_id, "experiment_id": info.experiment_id,
+                      "run_name": info.run_name, "tracking_uri": redact(_current_uri())})
+
+
+def _current_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def read_run_file(path: str | Path = RUN_FILE) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CrackxaiError(
+            f"'{path}' not found: it names the model's MLflow run. Run the train stage first "
+            "(`dvc repro train`)."
+        )
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def resume_model_run(cfg: Config, path: str | Path = RUN_FILE, nested_name: str | None = None):
+    """Reopen the model's run (from the run file) so a later stage logs into it; with
+    `nested_name`, also open a child run under it and yield that."""
+    import mlflow
+
+    info = read_run_file(path)
+    uri = resolve_tracking_uri(cfg.tracking.uri) if cfg.tracking.uri or \
+        os.environ.get("MLFLOW_TRACKING_URI") else info.get("tracking_uri") or resolve_tracking_uri()
+    connect(uri, cfg.tracking.experiment)
+    with mlflow.start_run(run_id=info["run_id"]) as parent:
+        if nested_name is None:
+            yield parent
+            return
+        with mlflow.start_run(run_name=nested_name, nested=True,
+                              tags={**run_tags(nested_name), "crackxai.parent_run": info["run_id"]}
+                              ) as child:
+            yield child

@@ -1,0 +1,39 @@
+"""Shared fixtures: every test runs in its own throw-away project folder (stages write relative
+to the working directory, as under DVC)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = REPO.parent / "shared" / "crack-sample"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp project: conf/ and params.yaml copied in, cwd set there, no DVC/MLflow env leaking
+    in from the caller (the default MLflow store is then <tmp>/mlflow.db)."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV",
+                "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME",
+                "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def crack_sample() -> Path:
+    """The real-image sample beside the checkout (../shared/crack-sample); skip when absent."""
+    if not (SHARED_SAMPLE / "Positive").is_dir():
+        pytest.skip(f"real-image sample not found at {SHARED_SAMPLE} (only present in the "
+                    "project's own workplace; never copied into the repo)")
+    return SHARED_SAMPLE
