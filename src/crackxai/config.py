@@ -50,10 +50,11 @@ class SplitConfig:
 
 @dataclass
 class PreprocessConfig:
-    image_size: int = 96
+    image_size: int = 64
     split: SplitConfig = field(default_factory=SplitConfig)
     min_good_fraction: float = 0.9
     min_source_size: int = 32
+    workers: int = 2  # processes for decode+resize+hash; 0 = in the main process
 
 
 @dataclass
@@ -92,6 +93,8 @@ class TrainConfig:
 class EvaluateConfig:
     threshold: float = 0.5
     gallery_size: int = 8
+    batch_size: int = 64
+    positive_class: str | None = None  # null: "Positive" if a class has that name, else the 2nd
 
 
 @dataclass
@@ -205,6 +208,8 @@ def _check_values(cfg: Config) -> None:
            p.min_good_fraction, "a number in (0, 1]")
     _check(p.min_source_size >= 1, "preprocess.min_source_size", p.min_source_size,
            "a positive integer")
+    _check(p.workers >= 0, "preprocess.workers", p.workers,
+           "an integer >= 0 (0 decodes in the main process)")
     _check(cfg.model.name == "resnet50", "model.name", cfg.model.name, "resnet50")
     _check(0.0 <= cfg.model.dropout < 1.0, "model.dropout", cfg.model.dropout, "[0, 1)")
     _check(0.0 <= cfg.model.augment.translate < 1.0, "model.augment.translate",

@@ -8,6 +8,7 @@ degenerate, and the crack probability is simply `probs[:, positive_class]`.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -33,8 +34,9 @@ class ResNetPreprocess(layers.Layer):
 
 
 def imagenet_cache_path() -> Path:
-    return Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else
-                Path.home() / ".keras") / "models" / RESNET50_NOTOP_FILE
+    """Where Keras caches the ImageNet notop weights: $KERAS_HOME/models, else ~/.keras/models."""
+    home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
+    return Path(home) / "models" / RESNET50_NOTOP_FILE
 
 
 def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
@@ -84,10 +86,20 @@ def build_model(
     if translate > 0:
         x = layers.RandomTranslation(translate, translate, fill_mode="reflect", seed=seed,
                                      name="augment_translate")(x)
-    x = ResNetPreprocess(name="resnet_preprocess")(x)
-    backbone = keras.applications.ResNet50(
-        include_top=False, weights=resolve_weights(weights), input_tensor=x
-    )
+    # float32 even under mixed precision: the mean subtraction on 0-255 values stays exact
+    x = ResNetPreprocess(name="resnet_preprocess", dtype="float32")(x)
+    resolved = resolve_weights(weights)
+    try:
+        backbone = keras.applications.ResNet50(include_top=False, weights=resolved, input_tensor=x)
+    except Exception as exc:  # download failure, unreadable or mismatching weights file
+        if resolved is None:
+            raise
+        raise CrackxaiError(
+            f"model.weights={weights}: cannot load ResNet50 weights ({str(exc).splitlines()[0]}). "
+            "Give a Keras ResNet50 include_top=False weights file (e.g. "
+            f"{RESNET50_NOTOP_FILE} or one written by `.save_weights()`), or use "
+            "model.weights=null."
+        ) from None
     x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     if dropout > 0:
         x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)

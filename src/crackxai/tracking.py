@@ -147,17 +147,35 @@ def config_params(cfg: Config) -> dict[str, str]:
             for k, v in flatten(to_dict(cfg)).items()}
 
 
-def start_model_run(cfg: Config, stage: str = "train", extra_tags: dict[str, str] | None = None):
-    """Start the model's MLflow run (named after the DVC experiment when there is one)."""
+def start_model_run(cfg: Config, stage: str = "train", extra_tags: dict[str, str] | None = None,
+                    run_id: str | None = None):
+    """Start the model's MLflow run (named after the DVC experiment when there is one).
+
+    With `run_id` (an interrupted training being resumed) that run is reopened instead, if it is
+    still in the store."""
     import mlflow
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     experiment_id = connect(uri, cfg.tracking.experiment)
-    run = mlflow.start_run(experiment_id=experiment_id,
-                           run_name=os.environ.get("DVC_EXP_NAME") or None,
-                           tags={**run_tags(stage), **(extra_tags or {})})
+    tags = {**run_tags(stage), **(extra_tags or {})}
+    if run_id is not None and _run_exists(run_id, experiment_id):
+        run = mlflow.start_run(run_id=run_id)
+        mlflow.set_tags(tags)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id,
+                               run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags)
     mlflow.log_params(config_params(cfg))
     return run
+
+
+def _run_exists(run_id: str, experiment_id: str) -> bool:
+    import mlflow
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # MlflowException: not in this store
+        return False
+    return run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
 
 
 def write_run_file(run: Any, path: str | Path = RUN_FILE) -> None:

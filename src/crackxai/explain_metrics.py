@@ -1,0 +1,241 @@
+"""How good is an attribution map? Faithfulness, localisation and sanity, as pure functions.
+
+Every function takes numpy arrays (an image is (H, W, 3) 0-255 RGB, a map (H, W) where larger means
+more evidence FOR the target class, a mask (H, W) 0/1) and, where the model is needed, a predictor:
+any callable (N, H, W, 3) -> (N, C) probabilities, e.g. crackxai.predictor.Predictor.
+
+- Faithfulness (Petsiuk et al. 2018, "RISE"): delete the most important pixels first (replace them
+  with a baseline) and watch the target probability fall; insert them first into the baseline and
+  watch it rise. Deletion AUC: lower is better; insertion AUC: higher is better.
+- Localisation, where a ground-truth crack mask exists: pointing game (Zhang et al. 2016, "Top-down
+  neural attention by excitation backprop", with their few-pixel tolerance), energy-based pointing
+  game (Wang et al. 2020, "Score-CAM", with the mask in place of the bounding box) and the IoU of the
+  top-k% pixels with the mask. No mask -> NaN, never 0.
+- Sanity (Adebayo et al. 2018, "Sanity checks for saliency maps"): Spearman rank correlation between
+  the map of the trained model and the map of a copy with re-initialised top layers. A method whose
+  map barely changes does not explain the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import cv2
+import keras
+import numpy as np
+from scipy import stats
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+HEAD_LAYER = "predictions"
+RANDOMIZE_STAGES = {"head": (), "top_block": ("conv5_",), "top_2_blocks": ("conv5_", "conv4_")}
+BLUR_SIGMA_FRACTION = 0.1  # blur baseline: Gaussian sigma = 10% of the image side (erases cracks)
+POINTING_TOLERANCE = 3  # px at the processed resolution; Zhang et al. use 15 px on ~224-500 px images
+
+
+# --- Faithfulness ------------------------------------------------------------------------------
+
+
+def make_baseline(image: np.ndarray, kind: str = "blur") -> np.ndarray:
+    """What a 'removed' pixel becomes: a strong Gaussian blur of the image, its per-channel mean,
+    or black. float32 (H, W, 3) in 0-255."""
+    image = np.asarray(image, dtype=np.float32)
+    if kind == "blur":
+        sigma = BLUR_SIGMA_FRACTION * max(image.shape[:2])
+        return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                borderType=cv2.BORDER_REFLECT)
+    if kind == "mean":
+        return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(np.float32)
+    if kind == "black":
+        return np.zeros_like(image)
+    raise ValueError(f"unknown baseline {kind!r}: blur | mean | black")
+
+
+def rank_pixels(attribution: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Flat pixel indices, most evidence first. Ties (flat regions, constant maps) are broken by a
+    seeded random order rather than raster order, which would favour the top rows."""
+    flat = np.asarray(attribution, dtype=np.float64).ravel()
+    tiebreak = np.random.default_rng(seed).permutation(flat.size)
+    return np.lexsort((tiebreak, -flat))
+
+
+def perturbation_curves(
+    predict: Predict,
+    image: np.ndarray,
+    attribution: np.ndarray,
+    target: int,
+    baseline: str = "blur",
+    steps: int = 20,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fractions, deletion probabilities, insertion probabilities), each of length steps + 1.
+
+    Step k removes (deletion) or reveals (insertion) the top k/steps of the pixels. All 2*(steps+1)
+    perturbed images go to the predictor in one call, which batches them.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    h, w, c = image.shape
+    base = make_baseline(image, baseline).reshape(h * w, c)
+    flat = image.reshape(h * w, c)
+    order = rank_pixels(attribution, seed)
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    counts = np.round(fractions * h * w).astype(int)
+    batch = np.empty((2 * (steps + 1), h * w, c), dtype=np.float32)
+    for k, n in enumerate(counts):
+        top = order[:n]
+        batch[k] = flat
+        batch[k, top] = base[top]  # deletion: the top pixels become baseline
+        batch[steps + 1 + k] = base
+        batch[steps + 1 + k, top] = flat[top]  # insertion: the top pixels come back
+    probs = np.asarray(predict(batch.reshape(-1, h, w, c)))[:, target]
+    return fractions, probs[: steps + 1], probs[steps + 1:]
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Area under y(x) by the trapezoid rule (x in [0, 1] here, so the AUC is in [0, 1])."""
+    return float(np.trapezoid(y, x))
+
+
+def faithfulness(
+    predict: Predict,
+    image: np.ndarray,
+    attribution: np.ndarray,
+    target: int,
+    baseline: str = "blur",
+    steps: int = 20,
+    seed: int = 0,
+) -> dict[str, float]:
+    """{'deletion_auc': lower is better, 'insertion_auc': higher is better}."""
+    x, deletion, insertion = perturbation_curves(predict, image, attribution, target, baseline,
+                                                 steps, seed)
+    return {"deletion_auc": auc(x, deletion), "insertion_auc": auc(x, insertion)}
+
+
+# --- Localisation ------------------------------------------------------------------------------
+
+
+def _valid_mask(mask: np.ndarray | None) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = np.asarray(mask) > 0
+    return mask if mask.any() else None
+
+
+def dilate(mask: np.ndarray, tolerance: int) -> np.ndarray:
+    """Pixels within `tolerance` px (Euclidean) of the mask."""
+    mask = np.asarray(mask) > 0
+    if tolerance <= 0:
+        return mask
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    return cv2.dilate(mask.astype(np.uint8), disk).astype(bool)
+
+
+def pointing_game(attribution: np.ndarray, mask: np.ndarray | None,
+                  tolerance: int = POINTING_TOLERANCE) -> float:
+    """1.0 if the map's maximum lies within `tolerance` px of the mask, else 0.0; NaN without a mask.
+
+    When several pixels share the maximum (a flat or constant map), the score is the fraction of
+    them that hit: the expected hit of a random pick among them, so a constant map scores chance.
+    """
+    mask = _valid_mask(mask)
+    if mask is None:
+        return float("nan")
+    attribution = np.asarray(attribution, dtype=np.float64)
+    peaks = attribution == attribution.max()
+    return float(dilate(mask, tolerance)[peaks].mean())
+
+
+def pointing_game_chance(mask: np.ndarray | None, tolerance: int = POINTING_TOLERANCE) -> float:
+    """What a uniformly random point scores: the area fraction of the (tolerance-dilated) mask."""
+    mask = _valid_mask(mask)
+    return float("nan") if mask is None else float(dilate(mask, tolerance).mean())
+
+
+def energy_pointing_game(attribution: np.ndarray, mask: np.ndarray | None) -> float:
+    """Share of the positive attribution that falls inside the mask; NaN without a mask.
+
+    A map with no positive evidence at all carries no location and counts as uniform, i.e. scores
+    the mask's area fraction (chance), consistent with `pointing_game` on a constant map.
+    """
+    mask = _valid_mask(mask)
+    if mask is None:
+        return float("nan")
+    positive = np.clip(np.asarray(attribution, dtype=np.float64), 0.0, None)
+    total = positive.sum()
+    if total <= 0:
+        return float(mask.mean())
+    return float(positive[mask].sum() / total)
+
+
+def topk_iou(attribution: np.ndarray, mask: np.ndarray | None, top_k_percent: float = 5.0,
+             seed: int = 0) -> float:
+    """IoU between the top `top_k_percent` % pixels of the map and the mask; NaN without a mask."""
+    mask = _valid_mask(mask)
+    if mask is None:
+        return float("nan")
+    k = max(1, int(round(mask.size * top_k_percent / 100.0)))
+    top = np.zeros(mask.size, dtype=bool)
+    top[rank_pixels(attribution, seed)[:k]] = True
+    flat = mask.ravel()
+    return float((top & flat).sum() / (top | flat).sum())
+
+
+def localisation(attribution: np.ndarray, mask: np.ndarray | None, top_k_percent: float = 5.0,
+                 tolerance: int = POINTING_TOLERANCE, seed: int = 0) -> dict[str, float]:
+    return {
+        "pointing_game": pointing_game(attribution, mask, tolerance),
+        "energy_pointing_game": energy_pointing_game(attribution, mask),
+        "topk_iou": topk_iou(attribution, mask, top_k_percent, seed),
+    }
+
+
+# --- Sanity: model-parameter randomisation ----------------------------------------------------
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho between two flattened maps; NaN when either is constant (undefined)."""
+    a, b = np.ravel(a), np.ravel(b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(a, b).statistic)
+
+
+def randomized_layer_names(model: keras.Model, randomize: str = "head") -> list[str]:
+    """Layers re-initialised by `randomize`: the head ('predictions'), plus all layers of the top
+    ResNet stage (top_block: conv5_*) or two (top_2_blocks: conv5_*, conv4_*)."""
+    if randomize not in RANDOMIZE_STAGES:
+        raise ValueError(f"unknown randomize {randomize!r}: {' | '.join(RANDOMIZE_STAGES)}")
+    stages = RANDOMIZE_STAGES[randomize]
+    return [layer.name for layer in model.layers if layer.weights and (
+        layer.name == HEAD_LAYER or (stages and layer.name.startswith(stages)))]
+
+
+def _reseeded(initializer: keras.initializers.Initializer, seed: int):
+    config = initializer.get_config()
+    if "seed" not in config:  # Zeros, Ones, Constant: nothing random
+        return initializer
+    return initializer.__class__.from_config({**config, "seed": seed})
+
+
+def randomized_copy(model: keras.Model, randomize: str = "head", seed: int = 0) -> keras.Model:
+    """A copy of `model` whose chosen layers are re-initialised with their own initializers
+    (seeded: the same seed gives the same copy); all other weights are the trained ones."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    chosen = set(randomized_layer_names(clone, randomize))
+    n = 0
+    for layer in clone.layers:
+        if layer.name not in chosen:
+            continue
+        for variable in layer.weights:
+            # Dense/Conv2D: kernel, bias; BatchNormalization: gamma, beta, moving_mean/variance
+            initializer = getattr(layer, f"{variable.name}_initializer", None)
+            if initializer is None:
+                raise ValueError(f"no initializer for {layer.name}/{variable.name}")
+            n += 1
+            initializer = _reseeded(initializer, seed * 100_003 + n)
+            variable.assign(initializer(variable.shape, dtype=variable.dtype))
+    return clone
