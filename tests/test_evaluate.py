@@ -15,7 +15,9 @@ import pytest
 
 from crackxai import evaluate
 from crackxai.cli import run_stage
+from crackxai.errors import CrackxaiError
 from crackxai.evaluate import Scores, compute_metrics, flatten_metrics, write_plots
+from crackxai.evaluate_folder import evaluate_folder
 from crackxai.evaluate_folder import main as folder_main
 
 SIZE = 32
@@ -59,7 +61,7 @@ def write_jpegs(d: Path, n_per_class: int = 4) -> None:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Built once per module: a tiny untrained 32x32 model, a processed dataset, a JPEG folder."""
     import keras
 
@@ -67,14 +69,15 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("assets")
     keras.utils.set_random_seed(0)
-    build_model(2, SIZE, weights=None).save(root / "model.keras")
+    model = build_model(2, SIZE, weights=None)
+    model.save(root / "model.keras")
     write_processed(root / "processed", {"train": 8, "val": 12, "test": 16})
     write_jpegs(root / "folder")
     return {"model": root / "model.keras", "processed": root / "processed",
-            "folder": root / "folder"}
+            "folder": root / "folder", "keras_model": model}
 
 
-def install(project: Path, assets: dict[str, Path]) -> None:
+def install(project: Path, assets: dict) -> None:
     shutil.copytree(assets["processed"], project / "data" / "processed")
     (project / "models").mkdir()
     (project / "models" / "model.keras").symlink_to(assets["model"])
@@ -89,7 +92,7 @@ def _leaves(d: dict) -> list:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_stage_end_to_end(project: Path, assets: dict[str, Path]):
+def test_stage_end_to_end(project: Path, assets: dict):
     import mlflow
 
     from crackxai.config import load_config
@@ -139,7 +142,7 @@ def test_stage_end_to_end(project: Path, assets: dict[str, Path]):
     assert "evaluate/images/confusion_matrix.png" in images
 
 
-def test_stage_without_run_file_fails_clearly(project: Path, assets: dict[str, Path], capsys):
+def test_stage_without_run_file_fails_clearly(project: Path, assets: dict, capsys):
     install(project, assets)
     with pytest.raises(SystemExit) as exc:
         run_stage("evaluate", evaluate.main, ["experiment=smoke"])
@@ -189,7 +192,7 @@ def test_report_writer_without_errors_and_multiclass(tmp_path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_evaluate_folder_skips_broken_files(tmp_path: Path, assets: dict[str, Path], capsys,
+def test_evaluate_folder_skips_broken_files(tmp_path: Path, assets: dict, capsys,
                                             monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     folder_main(["--model", str(assets["model"]), "--data", str(assets["folder"]),
@@ -210,13 +213,13 @@ def test_evaluate_folder_skips_broken_files(tmp_path: Path, assets: dict[str, Pa
     assert "skipped 2 unreadable file(s)" in capsys.readouterr().out
 
 
-def test_evaluate_folder_real_sample(tmp_path: Path, assets: dict[str, Path],
+def test_evaluate_folder_real_sample(tmp_path: Path, assets: dict,
                                      crack_sample: Path):
     """Mechanics only (the model is untrained): 50 real 227x227 JPEGs per class."""
     out = tmp_path / "sample"
-    folder_main(["--model", str(assets["model"]), "--data", str(crack_sample), "--out", str(out),
-                 "--limit-per-class", "50", "--classes", "Negative,Positive"])
-    m = json.loads((out / "metrics.json").read_text())
+    m = evaluate_folder(assets["keras_model"], crack_sample, out, limit_per_class=50,
+                        classes=["Negative", "Positive"])
+    assert m == json.loads((out / "metrics.json").read_text())
     assert m["files"] == {"evaluated": 100, "skipped": 0}
     assert "roc_auc" in m["folder"]
     assert (pd.read_csv(out / "predictions.csv")["actual"].value_counts() == 50).all()
@@ -231,23 +234,31 @@ def test_evaluate_folder_bad_data_path_exits_2(tmp_path: Path):
     assert "nope' does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("case", ["bad_model", "class_count", "unknown_folder", "no_images"])
-def test_evaluate_folder_bad_inputs(case: str, tmp_path: Path, assets: dict[str, Path], capsys):
-    data, model, extra = tmp_path / "data", str(assets["model"]), []
+def test_evaluate_folder_bad_model_exits_2(tmp_path: Path, assets: dict, capsys):
+    with pytest.raises(SystemExit) as exc:
+        folder_main(["--model", str(tmp_path / "missing.keras"), "--data", str(assets["folder"]),
+                     "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "missing.keras' not found" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case", ["class_count", "unknown_folder", "no_images", "threshold"])
+def test_evaluate_folder_bad_inputs(case: str, tmp_path: Path, assets: dict):
+    data, kwargs = tmp_path / "data", {}
     for name in ("Negative", "Positive"):
         (data / name).mkdir(parents=True)
         (data / name / "x.jpg").write_bytes(b"broken")
-    if case == "bad_model":
-        model, expected = str(tmp_path / "missing.keras"), "missing.keras' not found"
-    elif case == "class_count":
+    if case == "class_count":
         (data / "Spalling").mkdir()
-        expected = "has 3 class folder(s)"
+        expected = "has 3 class folder"
     elif case == "unknown_folder":
-        extra, expected = ["--classes", "Negative,Crack"], "['Positive']"
-    else:
+        kwargs, expected = {"classes": ["Negative", "Crack"]}, r"\['Positive'\] of"
+    elif case == "no_images":
         expected = "No readable image"
-    with pytest.raises(SystemExit) as exc:
-        folder_main(["--model", model, "--data", str(data), "--out", str(tmp_path / "o"), *extra])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1
+    else:
+        kwargs, expected = {"threshold": 1.5}, "outside"
+    with pytest.raises(CrackxaiError, match=expected):
+        evaluate_folder(assets["keras_model"], data, tmp_path / "o", **kwargs)
+    assert not (tmp_path / "o").exists()

@@ -108,6 +108,7 @@ def test_map_equal_to_mask_scores_perfectly():
 
 
 def test_pointing_game_tolerance():
+    assert [EM.pointing_tolerance((n, n)) for n in (32, 64, 150, 224)] == [2, 4, 10, 15]
     mask = np.zeros((20, 20), dtype=np.uint8)
     mask[10, 10] = 1
     near = np.zeros((20, 20))
@@ -116,6 +117,7 @@ def test_pointing_game_tolerance():
     far[2, 2] = 1.0
     assert EM.pointing_game(near, mask, tolerance=3) == 1.0
     assert EM.pointing_game(near, mask, tolerance=1) == 0.0
+    assert EM.pointing_game(near, mask) == 0.0  # default tolerance at 20 px: 1 px
     assert EM.pointing_game(far, mask, tolerance=3) == 0.0
 
 

@@ -60,7 +60,9 @@ def test_select_images_includes_misclassified_and_both_classes():
 
 def test_select_images_stops_predicting_early_and_handles_small_splits():
     labels = np.arange(1000) % 2
-    predict = CountingPredict(1 - labels)  # everything wrong
+    predicted = labels.copy()
+    predicted[::10] = 1 - predicted[::10]  # 10% wrong
+    predict = CountingPredict(predicted)
     picks = explain.select_images(labels, predict, 4, 2, seed=0, chunk=64)
     assert predict.asked == 64 and len(picks) == 4  # one chunk was enough
     tiny = np.array([0, 1, 1])
@@ -232,15 +234,20 @@ def test_nested_mlflow_run(stage):
     assert "overlays/gradcam" in overlays
 
 
-def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
-    """Same settings -> the same maps. A rerun with fewer methods leaves no file of the others,
-    and data without masks gives null localisation (not 0)."""
+def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """Same settings -> the same maps, whatever else runs. A rerun with fewer methods leaves no
+    file of the others, and data without masks gives null localisation (not 0). In-process
+    (run_stage is what `python -m crackxai.explain` runs) to save a second TensorFlow start."""
     project = tmp_path / "copy"
     shutil.copytree(stage["project"], project, ignore=shutil.ignore_patterns("model.keras"))
     (project / "models" / "model.keras").symlink_to(stage["project"] / "models" / "model.keras")
     (project / "data" / "processed" / "test_masks.npy").unlink()
-    res = run_explain(project, "explain.images=[0,1]", "explain.methods=[gradcam,lime,shap]")
-    assert res.returncode == 0, res.stdout + res.stderr
+    monkeypatch.chdir(project)
+    for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    run_stage("explain", explain.main, ["experiment=smoke", "explain.images=[0,1]",
+                                        "explain.methods=[gradcam,lime,shap]"])
     out = project / "reports" / "explain"
     assert sorted(p.name for p in (out / "maps").iterdir()) == ["gradcam", "lime", "shap"]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["gradcam", "lime", "shap"]
@@ -254,14 +261,17 @@ def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
     assert not list(out.parent.glob(".explain*"))  # no staging folder left behind
 
 
-def test_unknown_method_exits_2_with_a_clear_message(stage):
-    res = run_explain(stage["project"], "explain.methods=[gradcam,deeplift]")
-    assert res.returncode == 2
-    assert "explain.methods" in res.stderr and "deeplift" in res.stderr
-    assert "gradcam_pp" in res.stderr and "Traceback" not in res.stderr
+def test_unknown_method_exits_2_with_a_clear_message(project: Path, capsys):
+    # run_stage is what `python -m crackxai.explain` calls; in-process saves a TensorFlow start
+    with pytest.raises(SystemExit) as exc:
+        run_stage("explain", explain.main, ["experiment=smoke", "explain.methods=[gradcam,deeplift]"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "explain.methods" in err and "deeplift" in err and "gradcam_pp" in err
+    assert "Traceback" not in err
 
 
-def test_bad_inputs_fail_clearly(project: Path, capsys):
+def test_missing_model_exits_2_with_a_clear_message(project: Path, capsys):
     write_processed(project / "data" / "processed")
     with pytest.raises(SystemExit) as exc:
         run_stage("explain", explain.main, ["experiment=smoke"])

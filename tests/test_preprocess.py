@@ -174,17 +174,23 @@ def test_masks_are_aligned_with_resized_images(project: Path) -> None:
         cv2.imwrite(str(RAW / f"Positive/{i:04d}.png"), img)
         cv2.imwrite(str(RAW / f"_masks/Positive/{i:04d}.png"), mask)
         masks[f"Positive/{i:04d}.png"] = f"_masks/Positive/{i:04d}.png"
+    # A mask that does not match its image's size cannot be aligned: kept out, reported.
+    cv2.imwrite(str(RAW / "Positive/odd.png"), texture(77, 64, 64))
+    cv2.imwrite(str(RAW / "_masks/Positive/odd.png"), np.zeros((32, 32), np.uint8))
+    masks["Positive/odd.png"] = "_masks/Positive/odd.png"
     write_manifest(masks)
 
     report = run()
 
-    assert report["masks_listed"] == 12 and report["mask_problems"] == 0
+    assert report["masks_listed"] == 13 and report["mask_problems"] == 1
+    assert "32x32" in report["mask_problem_files"][0]["problem"]
     seen = 0
     for s in dataset.SPLITS:
         split = dataset.load_split(s)
         assert split.masks is not None and split.masks.shape == (len(split), 32, 32)
         assert set(np.unique(split.masks)) <= {0, 1}
-        np.testing.assert_array_equal(split.has_mask, split.labels == 1)
+        np.testing.assert_array_equal(split.has_mask, (split.labels == 1)
+                                      & (split.records["path"] != "Positive/odd.png"))
         for k in range(len(split)):
             if not split.has_mask[k]:
                 assert split.masks[k].sum() == 0
@@ -224,11 +230,14 @@ def test_min_good_fraction_failure_via_the_entry_point(project: Path) -> None:
     assert raw_hashes() == before
 
 
-def test_stale_manifest_and_changed_files(project: Path) -> None:
+def test_stale_manifest_changed_and_missing_files(project: Path) -> None:
     make_raw()
     write_manifest()
     cv2.imwrite(str(RAW / "Negative/0002.jpg"), texture(999))  # changed after the manifest
+    (RAW / "Positive/0005.jpg").unlink()  # listed, gone
+    (RAW / "Positive/.DS_Store").write_bytes(b"\0")  # hidden files are not images: ignored
     report = run()
+    assert report["rejected_by_reason"] == {"missing": 1}
     assert report["sha256_mismatches"] == 1
     assert report["sha256_mismatch_files"][0]["path"] == "Negative/0002.jpg"
     assert report["sha256_mismatch_files"][0]["actual"] == sha256(RAW / "Negative/0002.jpg")

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
+import h5py
+import keras
+import mlflow
 import numpy as np
 import pandas as pd
+import pytest
+
+from crackxai.config import load_config
+from crackxai.errors import CrackxaiError
+from crackxai.model import (
+    LAST_CONV_LAYER,
+    RESNET50_NOTOP_FILE,
+    ResNetPreprocess,
+    _online,
+    backbone_layers,
+    build_model,
+    load_model,
+    set_backbone_trainable,
+)
+from crackxai.tracking import config_params
+from crackxai.train import backup_dir, main
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLASSES = ["Negative", "Positive"]
 
@@ -35,3 +63,303 @@ def write_processed(root: Path, n_train: int = 48, n_val: int = 16, size: int = 
                       "has_mask": False}).to_csv(out / f"{split}.csv", index=False)
     (root / "data" / "manifest.csv").write_text("path,class,sha256,mask\n")
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures: one tiny project trained once per module (ResNet50 builds and traces are slow)
+# ----------------------------------------------------------------------------------------------
+
+SIZE = 32
+# Pretrained-style run: phase 1 (head, backbone frozen) for 2 epochs, phase 2 fine-tunes conv5_.
+TINY = ["train.epochs=2", "train.batch_size=16", "train.patience=3",
+        "train.fine_tune.unfreeze=1", "train.fine_tune.epochs=1", "train.fine_tune.lr=1e-4"]
+ENV_LEAKS = ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV",
+             "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def make_project(root: Path, n_train: int = 48) -> Path:
+    shutil.copytree(REPO / "conf", root / "conf")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    write_processed(root, n_train=n_train)
+    return root
+
+
+def git_init(root: Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+                              cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", "conf", "params.yaml")
+    git("commit", "-qm", "init")
+    return git("rev-parse", "HEAD")
+
+
+def train_in(root: Path, overrides: list[str]) -> None:
+    """crackxai.train.main in `root`, as the stage runs there (cwd, no leaking env)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ENV_LEAKS:
+            mp.delenv(var, raising=False)
+        mp.chdir(root)
+        main(load_config(overrides))
+
+
+def run_cli(root: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_LEAKS}
+    return subprocess.run([sys.executable, "-m", "crackxai.train", *args], cwd=root, env=env,
+                          capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _reset_tf_globals():
+    """main() enables op determinism and sets the precision policy process-wide: undo that for
+    the test modules that run after this one."""
+    yield
+    from tensorflow.python.framework import config as tf_config  # no public switch-off
+
+    tf_config.disable_op_determinism()
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict:
+    """A random ResNet50 (include_top=False) saved both ways a user may have one: Keras 3
+    `.save_weights` (.weights.h5) and the legacy .h5 layout of Keras's own ImageNet file. BN
+    moving means are randomised so that loading them is visible."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    ref = keras.applications.ResNet50(include_top=False, weights=None,
+                                      input_shape=(SIZE, SIZE, 3))
+    rng = np.random.default_rng(1)
+    for layer in ref.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+    d = tmp_path_factory.mktemp("weights")
+    ref.save_weights(d / "resnet50_notop.weights.h5")
+    with h5py.File(d / "resnet50_notop_legacy.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    return {"keras3": d / "resnet50_notop.weights.h5", "legacy": d / "resnet50_notop_legacy.h5",
+            "values": {w.path: w.numpy() for w in ref.weights}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, weights) -> Path:
+    root = make_project(tmp_path_factory.mktemp("trained"))
+    git_init(root)
+    train_in(root, [*TINY, f"model.weights={weights['keras3']}"])
+    return root
+
+
+def backbone_value(model: keras.Model, path: str) -> np.ndarray:
+    """A backbone variable by its path in a bare ResNet50 (e.g. 'conv1_conv/kernel')."""
+    layer, name = path.split("/")
+    return next(w for w in model.get_layer(layer).weights if w.name == name).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Model (src/crackxai/model.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_preprocess_layer_matches_keras_preprocess_input():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = keras.applications.resnet.preprocess_input(x.copy())
+    got = keras.ops.convert_to_numpy(ResNetPreprocess()(x))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_legacy_h5_weights_load_into_flat_model(weights):
+    """The layout of Keras's ImageNet notop file loads into our model with its extra layers."""
+    model = build_model(2, SIZE, weights=str(weights["legacy"]))
+    for path, value in weights["values"].items():
+        np.testing.assert_array_equal(backbone_value(model, path), value, err_msg=path)
+    assert model.get_layer(LAST_CONV_LAYER) in model.layers  # top level: tf-keras-vis reaches it
+
+
+def test_bad_weights_give_short_errors(project):
+    with pytest.raises(CrackxaiError, match="no such file"):
+        build_model(2, SIZE, weights="missing.weights.h5")
+    (project / "junk.h5").write_text("not hdf5")
+    with pytest.raises(CrackxaiError, match=r"model\.weights=junk\.h5: cannot load"):
+        build_model(2, SIZE, weights="junk.h5")
+
+
+def test_imagenet_offline_fails_fast(project, monkeypatch):
+    if _online():
+        pytest.skip("this machine can reach the weights server")
+    write_processed(project)
+    home = project / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KERAS_HOME", str(home / ".keras"))
+    start = time.monotonic()
+    with pytest.raises(CrackxaiError) as err:
+        main(load_config(["model.weights=imagenet"]))
+    assert time.monotonic() - start < 15
+    msg = str(err.value)
+    assert str(home / ".keras" / "models" / RESNET50_NOTOP_FILE) in msg
+    assert "model.weights=null" in msg and "/path/to/weights.h5" in msg
+    assert not (project / "models").exists() and not (project / "mlflow.db").exists()
+
+
+def test_set_backbone_trainable(trained):
+    model = load_model(trained / "models" / "model.keras")
+    backbone = backbone_layers(model)
+    set_backbone_trainable(model, None)
+    assert all(layer.trainable for layer in backbone)
+    set_backbone_trainable(model, 0)
+    assert not any(layer.trainable for layer in backbone)
+    set_backbone_trainable(model, 1)
+    trainable = {layer.name for layer in backbone if layer.trainable}
+    assert trainable and all(name.startswith("conv5_") for name in trainable)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone
+                   if layer.trainable)
+    assert model.get_layer("predictions").trainable
+
+
+# ----------------------------------------------------------------------------------------------
+# Train stage
+# ----------------------------------------------------------------------------------------------
+
+
+def test_outputs_and_history(trained):
+    assert (trained / "models" / "model.keras").is_file()
+    assert not (trained / "models" / ".train_state").exists()  # removed after a clean finish
+    history = pd.read_csv(trained / "reports" / "train_history.csv")
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert history["epoch"].tolist() == [1, 2, 3]  # 2 in phase 1, then 1 of fine-tuning
+    assert history.notna().all().all()
+    run = json.loads((trained / "models" / "mlflow_run.json").read_text())
+    assert run["run_id"] and run["tracking_uri"] == f"sqlite:///{trained / 'mlflow.db'}"
+
+
+def test_saved_model_predicts_raw_uint8_in_fresh_process(trained):
+    images = np.load(trained / "data" / "processed" / "val_images.npy")[:6]
+    np.save(trained / "probe.npy", images)
+    code = ("import sys, numpy as np; from crackxai.model import load_model; "
+            "m = load_model('models/model.keras'); "
+            "np.save('probe_out.npy', m.predict(np.load('probe.npy'), verbose=0))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fresh = np.load(trained / "probe_out.npy")
+    assert fresh.shape == (6, 2) and fresh.dtype == np.float32
+    np.testing.assert_allclose(fresh.sum(axis=1), 1, rtol=1e-5)
+    model = load_model(trained / "models" / "model.keras")
+    first, second = model.predict(images, verbose=0), model.predict(images, verbose=0)
+    np.testing.assert_array_equal(first, second)  # augmentation inactive at inference
+    np.testing.assert_allclose(first, fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_augmentation_is_in_the_model_and_active_only_in_training(trained):
+    model = load_model(trained / "models" / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    augment = [model.get_layer("augment_flip"), model.get_layer("augment_translate")]
+    def through(training):
+        y = x
+        for layer in augment:
+            y = layer(y, training=training)
+        return keras.ops.convert_to_numpy(y)
+    np.testing.assert_array_equal(through(False), x)
+    assert not np.array_equal(through(True), x)
+
+
+def test_phases_freeze_and_fine_tune_the_right_layers(trained, weights):
+    """Phase 1 trained the head only; phase 2 changed conv5_ convolutions but no BatchNorm
+    statistics (inference mode) and nothing below conv5_."""
+    model = load_model(trained / "models" / "model.keras")
+    values = weights["values"]
+    for path in ("conv1_conv/kernel", "conv4_block6_3_conv/kernel", "conv5_block3_3_bn/moving_mean",
+                 "conv5_block1_1_bn/moving_variance", "conv2_block1_0_bn/moving_mean"):
+        np.testing.assert_array_equal(backbone_value(model, path), values[path], err_msg=path)
+    assert not np.array_equal(backbone_value(model, "conv5_block3_3_conv/kernel"),
+                              values["conv5_block3_3_conv/kernel"])
+
+
+def test_same_config_twice_gives_identical_results(trained, weights, tmp_path):
+    again = make_project(tmp_path / "again")
+    train_in(again, [*TINY, f"model.weights={weights['keras3']}"])
+    first = pd.read_csv(trained / "reports" / "train_history.csv")
+    second = pd.read_csv(again / "reports" / "train_history.csv")
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+    images = np.load(again / "data" / "processed" / "val_images.npy")
+    np.testing.assert_array_equal(
+        load_model(trained / "models" / "model.keras").predict(images, verbose=0),
+        load_model(again / "models" / "model.keras").predict(images, verbose=0))
+
+
+def test_mlflow_run_content(trained):
+    uri = f"sqlite:///{trained / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("crackxai")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == json.loads((trained / "models/mlflow_run.json").read_text())["run_id"]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.lr"] == "0.001" and params["train.fine_tune.unfreeze"] == "1"
+    assert params["model.weights"].endswith("resnet50_notop.weights.h5")
+    assert len(params) == len(config_params(load_config(TINY)))
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3]
+    history = pd.read_csv(trained / "reports" / "train_history.csv")
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    np.testing.assert_allclose(logged, history["val_loss"], rtol=1e-6)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
+    tags = run.data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=trained, capture_output=True,
+                          text=True).stdout.strip()
+    assert tags["git.commit"] == head and tags["git.dirty"] in ("True", "False")
+    manifest = hashlib.sha256((trained / "data/manifest.csv").read_bytes()).hexdigest()
+    assert tags["data.manifest_sha256"] == manifest
+    assert tags["keras.backend"] == "tensorflow" and tags["version.keras"] == keras.__version__
+    assert tags["crackxai.stage"] == "train"
+
+
+def test_unreachable_tracking_server_fails_before_training(project):
+    write_processed(project)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    out = run_cli(project, f"tracking.uri=http://127.0.0.1:{port}", timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "not reachable" in out.stderr and f"127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "building ResNet50" not in out.stdout
+    assert not (project / "models").exists() and not (project / "reports").exists()
+    assert time.monotonic() - start < 120  # TF import included; the check itself is immediate
+
+
+def test_killed_run_resumes_from_last_finished_epoch(project, weights):
+    make_args = ["train.epochs=3", "train.batch_size=8", "train.patience=5",
+                 f"model.weights={weights['keras3']}"]
+    write_processed(project, n_train=96)
+    meta = backup_dir("phase1", project / "models" / ".train_state") / "training_metadata.json"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_LEAKS}
+    proc = subprocess.Popen([sys.executable, "-m", "crackxai.train", *make_args], cwd=project,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 400
+        while not (meta.is_file() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 1):
+            assert proc.poll() is None, "training ended before it could be interrupted"
+            assert time.monotonic() < deadline, "epoch 1 never finished"
+            time.sleep(0.05)
+        time.sleep(0.2)  # into epoch 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = json.loads(meta.read_text())["epoch"]
+    assert 1 <= done < 3
+    assert not (project / "models" / "model.keras").exists()
+
+    out = run_cli(project, *make_args, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resuming after epoch {done}" in out.stdout
+    assert "Epoch 1/3" not in out.stdout and f"Epoch {done + 1}/3" in out.stdout
+    history = pd.read_csv(project / "reports" / "train_history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert not (project / "models" / ".train_state").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("crackxai").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")]
+    assert sorted(set(steps)) == [1, 2, 3]

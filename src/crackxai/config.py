@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackxai.errors import ConfigError
@@ -54,7 +54,7 @@ class PreprocessConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     min_good_fraction: float = 0.9
     min_source_size: int = 32
-    workers: int = 2  # processes for decode+resize+hash; 0 = in the main process
+    workers: int = 2  # threads for decode+resize+hash; 0 = in the main thread
 
 
 @dataclass
@@ -209,7 +209,7 @@ def _check_values(cfg: Config) -> None:
     _check(p.min_source_size >= 1, "preprocess.min_source_size", p.min_source_size,
            "a positive integer")
     _check(p.workers >= 0, "preprocess.workers", p.workers,
-           "an integer >= 0 (0 decodes in the main process)")
+           "an integer >= 0 (0 decodes in the main thread)")
     _check(cfg.model.name == "resnet50", "model.name", cfg.model.name, "resnet50")
     _check(0.0 <= cfg.model.dropout < 1.0, "model.dropout", cfg.model.dropout, "[0, 1)")
     _check(0.0 <= cfg.model.augment.translate < 1.0, "model.augment.translate",

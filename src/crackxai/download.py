@@ -245,7 +245,7 @@ def redact(text: str, api: object | None = None) -> str:
 
 def _reason(exc: BaseException, api: object | None = None) -> str:
     if isinstance(exc, SystemExit):
-        return "the Kaggle client found no usable credentials"
+        return f"the Kaggle client gave up with exit code {exc.code}"
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     return redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, api)
 
@@ -259,9 +259,17 @@ def kaggle_api() -> object:
 
             api = KaggleApi()
             api.authenticate()
-    except (SystemExit, Exception) as exc:
+    except ImportError as exc:
         raise CrackxaiError(
-            f"Cannot authenticate with Kaggle ({_reason(exc)}). {KAGGLE_HELP}"
+            f"data=kaggle needs the `kaggle` package ({exc}); install the locked environment with "
+            f"`make setup`. {ALTERNATIVES}"
+        ) from None
+    except SystemExit:
+        raise CrackxaiError(f"No Kaggle credentials found. {KAGGLE_HELP}") from None
+    except Exception as exc:  # e.g. an access token that cannot be checked without network
+        raise CrackxaiError(
+            f"Cannot authenticate with Kaggle ({_reason(exc)}). Check the network connection "
+            f"and your credentials. {KAGGLE_HELP}"
         ) from None
     return api
 

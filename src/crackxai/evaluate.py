@@ -182,12 +182,13 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _curve_figure(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str,
-                  label: str, reference: tuple[list[float], list[float]]) -> Figure:
+                  label: str, reference: tuple[list[float], list[float]],
+                  step: bool = False) -> Figure:
     fig = Figure(figsize=(4.8, 4.4))
     ax = fig.add_subplot()
     ax.plot(*reference, ls="--", c="grey", lw=1, label="chance")
     if len(x):
-        ax.step(x, y, where="post", lw=1.8, label=label)
+        ax.plot(x, y, lw=1.8, label=label, drawstyle="steps-post" if step else "default")
     else:
         ax.text(0.5, 0.5, "undefined: only one class present", ha="center", va="center")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel=xlabel, ylabel=ylabel, title=title)
@@ -201,7 +202,9 @@ def _calibration_figure(bins: dict[str, np.ndarray], title: str, what: str) -> F
     ax, hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
     ax.plot(bins["mean_predicted"], bins["fraction_positive"], "o-", label="model")
-    ax.set(ylim=(-0.01, 1.01), ylabel="fraction positive", title=title)
+    ece = np.sum(bins["count"] * np.abs(bins["mean_predicted"] - bins["fraction_positive"]))
+    ax.set(ylim=(-0.01, 1.01), ylabel="fraction positive",
+           title=f"{title}, ECE {ece / max(np.sum(bins['count']), 1):.3f}")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     hist.bar(bins["mean_predicted"], bins["count"], width=0.08, color="tab:blue", alpha=0.6)
@@ -297,18 +300,21 @@ def write_plots(s: Scores, plots_dir: Path, image_of: Callable[[int], np.ndarray
     _write_csv(pd.DataFrame(c["roc"]), plots_dir / "roc.csv")
     _write_csv(pd.DataFrame(c["pr"]), plots_dir / "pr.csv")
     _write_csv(pd.DataFrame(c["calibration"]), plots_dir / "calibration.csv")
+    fpr, tpr = c["roc"]["fpr"], c["roc"]["tpr"]
+    recall, precision = c["pr"]["recall"], c["pr"]["precision"]
     predicted = s.predicted
     classes = np.asarray(s.classes, dtype=object)
     _write_csv(pd.DataFrame({"actual": classes[s.labels], "predicted": classes[predicted]}),
                plots_dir / "confusion.csv")
 
     figures = {
-        "roc.png": _curve_figure(c["roc"]["fpr"], c["roc"]["tpr"], "False positive rate",
-                                 "True positive rate", f"ROC curve ({set_name})", what,
-                                 ([0, 1], [0, 1])),
-        "pr.png": _curve_figure(c["pr"]["recall"], c["pr"]["precision"], "Recall", "Precision",
-                                f"Precision-recall curve ({set_name})", what,
-                                ([0, 1], [float(np.mean(y))] * 2)),
+        "roc.png": _curve_figure(fpr, tpr, "False positive rate", "True positive rate",
+                                 f"ROC curve ({set_name})",
+                                 f"{what}, AUC {np.trapezoid(tpr, fpr):.3f}", ([0, 1], [0, 1])),
+        "pr.png": _curve_figure(recall, precision, "Recall", "Precision",
+                                f"Precision-recall curve ({set_name})",
+                                f"{what}, AP {-np.sum(np.diff(recall) * precision[:-1]):.3f}",
+                                ([0, 1], [float(np.mean(y))] * 2), step=True),
         "calibration.png": _calibration_figure(c["calibration"], f"Calibration ({set_name})", what),
         "confusion_matrix.png": _confusion_figure(
             M.confusion_matrix(s.labels, predicted, len(s.classes)), s.classes,
@@ -350,9 +356,9 @@ def main(cfg: Config) -> dict[str, Any]:
     best = None
     if len(classes) == 2:
         val = load_split("val")
-        log(STAGE, f"predicting {len(val)} val images to choose the best-F1 threshold")
         is_pos = val.labels == positive
         if 0 < is_pos.sum() < len(val):
+            log(STAGE, f"predicting {len(val)} val images to choose the best-F1 threshold")
             val_probs = predict_proba(model, val.images, ev.batch_size, desc="val")
             metrics["val"] = {"n": len(val),
                               **M.best_f1_threshold(is_pos, val_probs[:, positive])}
@@ -366,8 +372,9 @@ def main(cfg: Config) -> dict[str, Any]:
     metrics.update(compute_metrics(s, "test", best))
 
     write_json(METRICS, metrics)
-    images = write_plots(s, PLOTS_DIR, lambda i: test.images[i],
-                         [f"test #{i}" for i in range(len(test))], ev.gallery_size, "test",
+    names = (test.records["path"].astype(str).tolist() if "path" in test.records
+             else [f"test #{i}" for i in range(len(test))])  # the source file, to look it up
+    images = write_plots(s, PLOTS_DIR, lambda i: test.images[i], names, ev.gallery_size, "test",
                          note=SHORT_CAVEAT)
     log(STAGE, f"wrote {METRICS}, {PLOTS_DIR}/{{roc,pr,calibration,confusion}}.csv and "
                f"{len(images)} PNGs in {PLOTS_DIR / 'images'}")

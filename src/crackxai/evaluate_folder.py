@@ -128,13 +128,12 @@ def read_image(path: Path, size: int) -> tuple[np.ndarray | None, str]:
     return image, "" if image is not None else f"{reason}: {detail}"
 
 
-def evaluate_folder(model_path: Path, data: Path, out: Path | None = None, threshold: float = 0.5,
+def evaluate_folder(model: Any, data: Path, out: Path | None = None, threshold: float = 0.5,
                     limit_per_class: int | None = None, classes: list[str] | None = None,
                     positive_class: str | None = None, batch_size: int = 64,
                     gallery_size: int = 8) -> dict[str, Any]:
-    """Predict every image of `data`, then write metrics and plots into `out`; returns metrics."""
-    from crackxai.model import load_model
-
+    """Predict every image of `data`, then write metrics and plots into `out`; returns metrics.
+    `model` is a saved .keras file or an already loaded keras.Model."""
     if not 0.0 <= threshold <= 1.0:
         raise CrackxaiError(f"--threshold {threshold} is outside [0, 1].")
     for name, value in (("--limit-per-class", limit_per_class), ("--batch-size", batch_size)):
@@ -144,16 +143,22 @@ def evaluate_folder(model_path: Path, data: Path, out: Path | None = None, thres
         raise CrackxaiError(f"--gallery-size {gallery_size} must be >= 0.")
     data = Path(data)
     out = Path(out) if out is not None else Path("reports/folder_eval") / data.resolve().name
-    check_data(data)  # before the slow model load
-    model = load_model(model_path)
+    check_data(data)  # before the slow Keras import and model load
+    model_name = str(model) if isinstance(model, str | Path) else model.name
+    if isinstance(model, str | Path):
+        from crackxai.model import load_model
+
+        model = load_model(model)
     classes, folders = class_folders(data, classes, model.output_shape[-1])
     size = model.input_shape[1]
-    check_model(model, len(classes), size, model_path, f"'{data}' (resized to the model input)")
-    positive = positive_index(classes, positive_class, "--positive-class") if len(classes) == 2 else 0
+    check_model(model, len(classes), size, model_name, f"'{data}' (resized to the model input)")
+    positive = (positive_index(classes, positive_class, "--positive-class")
+                if len(classes) == 2 else 0)
 
     files = list_files(data, classes, folders)
+    limit = f", the first {limit_per_class} readable per class" if limit_per_class else ""
     log(STAGE, f"reading {len(files)} files of {len(folders)} class folder(s) {folders} in "
-               f"{data}, resized to {size}x{size}")
+               f"{data}{limit}, resized to {size}x{size}")
     kept: list[tuple[Path, int]] = []
     skipped: list[dict[str, str]] = []
     chunks, batch = [], []

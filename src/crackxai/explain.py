@@ -20,7 +20,8 @@ classified ones, alternating between classes. The explained class is `explain.ta
 predicted one. Metrics (crackxai.explain_metrics) per method, averaged over images:
 
     deletion_auc, insertion_auc      Petsiuk et al. 2018 (lower / higher is better)
-    pointing_game                    Zhang et al. 2016, tolerance 3 px (higher is better)
+    pointing_game                    Zhang et al. 2016: the map's maximum within 15 px (at 224 px,
+                                     scaled: 4 px at 64) of the mask (higher is better)
     energy_pointing_game             Wang et al. 2020 with the crack mask (higher is better)
     topk_iou                         IoU of the top explain.metrics.top_k_percent % with the mask
     sanity_abs_spearman              mean |Spearman rho| between the maps of the trained model and
@@ -39,10 +40,13 @@ the AUCs, IoU and energy, and the expected hit of a uniformly random point for t
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +61,7 @@ from crackxai import explain_metrics as EM
 from crackxai import render
 from crackxai.cli import log, run_stage
 from crackxai.config import Config, to_dict
-from crackxai.dataset import load_split
+from crackxai.dataset import Split, load_split
 from crackxai.errors import ConfigError, CrackxaiError, DataError
 from crackxai.explainers import explain
 from crackxai.io import atomic_dir, write_json, write_text
@@ -73,6 +77,7 @@ METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_ga
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "pointing_game": "higher",
           "energy_pointing_game": "higher", "topk_iou": "higher", "sanity_abs_spearman": "lower",
           "seconds_per_image": "lower", "evals_per_image": "lower"}
+LOCALISATION = ("pointing_game", "energy_pointing_game", "topk_iou")
 RANDOM_BASELINE = "random_baseline"
 CAVEAT = (
     "Caveat (Kaggle surface-crack data): its 40,000 patches are crops of only 458 photos, and a "
@@ -162,9 +167,44 @@ def check_inputs(cfg: Config, model: keras.Model, image_size: int, classes: list
                           f"{', '.join(conv)}). Use a layer name, or null for the last conv layer.")
 
 
-# ---------------------------------------------------------------------------------------------
-# One method over all images
-# ---------------------------------------------------------------------------------------------
+@dataclass
+class Selection:
+    """The images to explain, with what the model says about them."""
+
+    rows: np.ndarray  # test-split indices
+    images: np.ndarray  # (N, H, W, 3) uint8
+    targets: np.ndarray  # class explained per image
+    masks: list[np.ndarray | None]  # crack mask, or None
+    info: pd.DataFrame  # one row per image: labels, prediction, probability, ...
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{row:03d}_{index}" for row, index in enumerate(self.rows)]
+
+
+def prepare(cfg: Config, test: Split, predictor: Predictor) -> Selection:
+    e = cfg.explain
+    if e.images:
+        rows = explicit_images(list(e.images), len(test))
+    else:
+        rows = select_images(test.labels, lambda idx: predictor(test.images[idx]).argmax(1),
+                             e.n_images, e.max_misclassified, cfg.seed)
+    images = np.asarray(test.images[rows])
+    labels = test.labels[rows]
+    probs = predictor(images)
+    predicted = probs.argmax(1)
+    targets = predicted if e.target is None else np.full(len(rows), e.target)
+    has_mask = test.has_mask[rows]
+    masks = [np.asarray(test.masks[i]) if ok else None for i, ok in zip(rows, has_mask, strict=True)]
+    n = np.arange(len(rows))
+    info = pd.DataFrame({
+        "row": n, "index": rows, "label": labels, "true_class": [test.classes[i] for i in labels],
+        "predicted": predicted, "predicted_class": [test.classes[i] for i in predicted],
+        "probability": probs[n, predicted], "target": targets,
+        "target_class": [test.classes[i] for i in targets], "target_probability": probs[n, targets],
+        "misclassified": predicted != labels, "has_mask": has_mask,
+    })
+    return Selection(rows, images, targets, masks, info)
 
 
 def explain_one(method: str, model: keras.Model, predictor: Predictor, image: np.ndarray,
@@ -184,9 +224,7 @@ def score_map(attribution: np.ndarray, image: np.ndarray, target: int, mask: np.
               predictor: Predictor, cfg: Config) -> dict[str, float]:
     """Faithfulness and localisation of one map (NaN where disabled or without a mask)."""
     m = cfg.explain.metrics
-    nan = float("nan")
-    out = {"deletion_auc": nan, "insertion_auc": nan, "pointing_game": nan,
-           "energy_pointing_game": nan, "topk_iou": nan}
+    out = dict.fromkeys(("deletion_auc", "insertion_auc", *LOCALISATION), float("nan"))
     if m.faithfulness:
         out.update(EM.faithfulness(predictor, image, attribution, target, m.baseline, m.steps,
                                    seed=cfg.seed))
@@ -195,10 +233,95 @@ def score_map(attribution: np.ndarray, image: np.ndarray, target: int, mask: np.
     return out
 
 
+def run_method(method: str, sel: Selection, model: keras.Model, predictor: Predictor,
+               sanity: tuple[keras.Model, Predictor] | None, cfg: Config, out: Path
+               ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Maps of every selected image, saved with their overlays, and one metrics record each."""
+    maps = np.zeros(sel.images.shape[:3], dtype=np.float32)
+    records = []
+    with record_warnings(method):
+        for n in tqdm(range(len(sel.rows)), desc=method, unit="img", leave=False):
+            image, target = sel.images[n], int(sel.targets[n])
+            maps[n], seconds, evals = explain_one(method, model, predictor, image, target, cfg)
+            rho = float("nan")
+            if sanity is not None:
+                random_map, _, _ = explain_one(method, *sanity, image, target, cfg)
+                rho = EM.rank_correlation(maps[n], random_map)
+            records.append({"row": n, "method": method,
+                            **score_map(maps[n], image, target, sel.masks[n], predictor, cfg),
+                            "sanity_spearman": rho, "seconds": seconds, "model_evals": evals})
+            # inside the staging folder, which is swapped in whole at the end
+            (out / "maps" / method).mkdir(parents=True, exist_ok=True)
+            np.save(out / "maps" / method / f"{sel.names[n]}.npy", maps[n])
+            render.save_png(out / "overlays" / method / f"{sel.names[n]}.png",
+                            render.overlay(image, maps[n]))
+    return maps, records
+
+
+def random_baseline(sel: Selection, predictor: Predictor, cfg: Config) -> list[dict[str, Any]]:
+    """What a map without information scores: seeded uniform noise for the AUCs, IoU and energy;
+    the expected hit of a uniformly random point for the pointing game."""
+    records = []
+    for n, index in enumerate(sel.rows):
+        noise = np.random.default_rng([cfg.seed, int(index)]).random(sel.images.shape[1:3])
+        scores = score_map(noise, sel.images[n], int(sel.targets[n]), sel.masks[n], predictor, cfg)
+        if cfg.explain.metrics.localisation:
+            scores["pointing_game"] = EM.pointing_game_chance(sel.masks[n])
+        records.append({"row": n, "method": RANDOM_BASELINE, **scores})
+    return records
+
+
+@contextlib.contextmanager
+def record_warnings(method: str) -> Iterator[None]:
+    """One log line per distinct warning of a method, instead of one per image and call."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    hidden = (DeprecationWarning, PendingDeprecationWarning)
+    for message in dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                 if not issubclass(w.category, hidden)):
+        log(STAGE, f"{method}: warning: {message}")
+
+
 def mean_or_none(values: pd.Series) -> float | None:
     """Mean over the images where the metric exists; None (JSON null, DVC '-') where none has it."""
     values = values.dropna()
     return float(values.mean()) if len(values) else None
+
+
+def summarise(per_image: pd.DataFrame, methods: list[str], info: pd.DataFrame) -> dict[str, Any]:
+    """metrics.json: {method: {metric: mean over images, or null}}, the random baseline, and
+    what the images were."""
+    out: dict[str, Any] = {}
+    for method in [*methods, RANDOM_BASELINE]:
+        d = per_image[per_image["method"] == method]
+        if d.empty:
+            continue
+        values = {k: mean_or_none(d[k]) for k in ("deletion_auc", "insertion_auc", *LOCALISATION)}
+        if method != RANDOM_BASELINE:
+            values["sanity_abs_spearman"] = mean_or_none(d["sanity_spearman"].abs())
+            values["seconds_per_image"] = float(d["seconds"].mean())
+            values["evals_per_image"] = float(d["model_evals"].mean())
+        out[method] = values
+    out["images"] = {"n": len(info), "misclassified": int(info["misclassified"].sum()),
+                     "with_mask": int(info["has_mask"].sum())}
+    return out
+
+
+def row_title(r: pd.Series) -> str:
+    title = f"#{r['index']}  true {r['true_class']}\npred {r['predicted_class']} " \
+            f"({r['probability']:.2f})"
+    return title + (f"\nexplained: {r['target_class']}" if r["target"] != r["predicted"] else "")
+
+
+def log_to_mlflow(metrics: dict[str, Any], out: Path) -> None:
+    """Metrics as explain/<method>/<metric> (undefined ones left out), files as artifacts."""
+    mlflow.log_metrics({f"explain/{method}/{name}": value
+                        for method, values in metrics.items() if method != "images"
+                        for name, value in values.items() if value is not None})
+    for name in ("grid.png", "index.html", "metrics.json", "per_image.csv"):
+        mlflow.log_artifact(str(out / name))
+    mlflow.log_artifacts(str(out / "overlays"), "overlays")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,100 +336,49 @@ def main(cfg: Config) -> dict[str, Any]:
         raise DataError(f"The test split in {PROCESSED_DIR} is empty: nothing to explain. "
                         "Rerun preprocess with preprocess.split.test > 0.")
     model = load_model(MODEL_FILE)
-    read_run_file(RUN_FILE)  # fail before any work when the model's run is unknown
-    image_size = test.images.shape[1]
-    check_inputs(cfg, model, image_size, test.classes)
+    model_run = read_run_file(RUN_FILE)["run_id"]  # fail before any work without the model's run
+    check_inputs(cfg, model, test.images.shape[1], test.classes)
     keras.utils.set_random_seed(cfg.seed)
     predictor = Predictor(model, batch_size=e.batch_size)
-
-    if e.images:
-        rows = explicit_images(list(e.images), len(test))
-        log(STAGE, f"explaining the {len(rows)} test images given in explain.images")
-    else:
-        rows = select_images(test.labels, lambda idx: predictor(test.images[idx]).argmax(1),
-                             e.n_images, e.max_misclassified, cfg.seed)
-    images = np.asarray(test.images[rows])
-    labels = test.labels[rows]
-    probs = predictor(images)
-    predicted = probs.argmax(1)
-    targets = predicted if e.target is None else np.full(len(rows), e.target)
-    has_mask = test.has_mask[rows]
-    masks = [np.asarray(test.masks[i]) if ok else None for i, ok in zip(rows, has_mask, strict=True)]
-    log(STAGE, f"{len(rows)} images (test indices {rows.tolist()}), "
-               f"{int((predicted != labels).sum())} misclassified, {int(has_mask.sum())} with a "
-               f"crack mask; methods: {', '.join(e.methods)}")
-
-    random_model = random_predictor = None
+    sel = prepare(cfg, test, predictor)
+    log(STAGE, f"{len(sel.rows)} test images {sel.rows.tolist()} "
+               f"({'explain.images' if e.images else f'seed {cfg.seed}'}): "
+               f"{int(sel.info.misclassified.sum())} misclassified, "
+               f"{int(sel.info.has_mask.sum())} with a crack mask; methods: {', '.join(e.methods)}")
+    sanity = None
     if e.metrics.sanity:
         random_model = EM.randomized_copy(model, e.metrics.randomize, seed=cfg.seed)
-        random_predictor = Predictor(random_model, batch_size=e.batch_size)
-        log(STAGE, f"sanity check: maps of a copy with '{e.metrics.randomize}' re-initialised "
+        sanity = (random_model, Predictor(random_model, batch_size=e.batch_size))
+        log(STAGE, f"sanity check against a copy with '{e.metrics.randomize}' re-initialised "
                    f"({len(EM.randomized_layer_names(model, e.metrics.randomize))} layers)")
-
-    info = pd.DataFrame({
-        "row": np.arange(len(rows)), "index": rows, "label": labels,
-        "true_class": [test.classes[i] for i in labels], "predicted": predicted,
-        "predicted_class": [test.classes[i] for i in predicted],
-        "probability": probs[np.arange(len(rows)), predicted], "target": targets,
-        "target_probability": probs[np.arange(len(rows)), targets],
-        "misclassified": predicted != labels, "has_mask": has_mask,
-    })
-    names = [f"{r:03d}_{i}" for r, i in enumerate(rows)]
 
     with resume_model_run(cfg, nested_name=STAGE) as run, atomic_dir(EXPLAIN_DIR) as out:
         mlflow.log_params({k: v for k, v in config_params(cfg).items()
                            if k.startswith("explain.") or k == "seed"})
-        mlflow.set_tag("crackxai.explain.images", json.dumps(rows.tolist()))
+        mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))
         records: list[dict[str, Any]] = []
         maps_by_method: dict[str, np.ndarray] = {}
         for method in e.methods:
-            log(STAGE, f"{method}: explaining {len(rows)} images")
-            maps = np.zeros(images.shape[:3], dtype=np.float32)
-            for n in tqdm(range(len(rows)), desc=method, unit="img", leave=False):
-                maps[n], seconds, evals = explain_one(method, model, predictor, images[n],
-                                                      int(targets[n]), cfg)
-                rho = float("nan")
-                if random_model is not None:
-                    random_map, _, _ = explain_one(method, random_model, random_predictor,
-                                                   images[n], int(targets[n]), cfg)
-                    rho = EM.rank_correlation(maps[n], random_map)
-                scores = score_map(maps[n], images[n], int(targets[n]), masks[n], predictor, cfg)
-                records.append({"row": n, "method": method, **scores, "sanity_spearman": rho,
-                                "seconds": seconds, "model_evals": evals})
-                write_npy_map(out / "maps" / method / f"{names[n]}.npy", maps[n])
-                render.save_png(out / "overlays" / method / f"{names[n]}.png",
-                                render.overlay(images[n], maps[n]))
-            maps_by_method[method] = maps
+            log(STAGE, f"{method}: explaining {len(sel.rows)} images")
+            maps_by_method[method], method_records = run_method(method, sel, model, predictor,
+                                                                sanity, cfg, out)
+            records += method_records
         if e.metrics.faithfulness or e.metrics.localisation:
-            log(STAGE, "random baseline: the same metrics for seeded uniform-noise maps")
-            for n in range(len(rows)):
-                noise = np.random.default_rng([cfg.seed, int(rows[n])]).random(images.shape[1:3])
-                scores = score_map(noise, images[n], int(targets[n]), masks[n], predictor, cfg)
-                if e.metrics.localisation:
-                    scores["pointing_game"] = EM.pointing_game_chance(masks[n])
-                records.append({"row": n, "method": RANDOM_BASELINE, **scores})
+            log(STAGE, "random baseline: the same metrics for uninformative maps")
+            records += random_baseline(sel, predictor, cfg)
 
-        per_image = info.merge(pd.DataFrame(records), on="row")
-        metrics = summarise(per_image, e.methods, info)
+        per_image = sel.info.merge(pd.DataFrame(records), on="row")
+        per_image["model_evals"] = per_image["model_evals"].astype("Int64")  # blank, not NaN
+        metrics = summarise(per_image, e.methods, sel.info)
         write_text(out / "per_image.csv", per_image.to_csv(index=False))
         write_json(out / "metrics.json", metrics)
-        titles = [f"#{i}  true {t}\npred {p} ({q:.2f})" + (f"\nexplained: {test.classes[g]}"
-                  if g != p_ else "")
-                  for i, t, p, q, g, p_ in zip(rows, info.true_class, info.predicted_class,
-                                               info.probability, targets, predicted, strict=True)]
-        render.comparison_grid(images, maps_by_method, titles, out / "grid.png")
-        run_info = {"model run": read_run_file(RUN_FILE)["run_id"], "explain run": run.info.run_id,
+        render.comparison_grid(sel.images, maps_by_method,
+                               [row_title(r) for _, r in sel.info.iterrows()], out / "grid.png")
+        run_info = {"model run": model_run, "explain run": run.info.run_id,
                     "tracking store": redact(mlflow.get_tracking_uri())}
         write_text(out / "index.html", report_html(out / "grid.png", metrics, cfg, run_info,
-                                                   test.classes))
-
-        mlflow.log_metrics({f"explain/{method}/{name}": value
-                            for method, values in metrics.items() if isinstance(values, dict)
-                            and method != "images" for name, value in values.items()
-                            if value is not None and np.isfinite(value)})
-        for name in ("grid.png", "index.html", "metrics.json", "per_image.csv"):
-            mlflow.log_artifact(str(out / name))
-        mlflow.log_artifacts(str(out / "overlays"), "overlays")
+                                                   test.classes, test.images.shape[1]))
+        log_to_mlflow(metrics, out)
     log(STAGE, f"wrote {EXPLAIN_DIR}/ (grid.png, index.html, metrics.json, per_image.csv, maps/, "
                f"overlays/); MLflow run {run.info.run_id} nested under the model's run")
     for method in e.methods:
@@ -315,39 +387,13 @@ def main(cfg: Config) -> dict[str, Any]:
     return metrics
 
 
-def write_npy_map(path: Path, attribution: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, attribution)  # inside the staging folder: the whole folder is swapped at once
-
-
-def summarise(per_image: pd.DataFrame, methods: list[str], info: pd.DataFrame) -> dict[str, Any]:
-    """metrics.json: {method: {metric: mean over images or null}}, plus the random baseline and
-    what the images were."""
-    out: dict[str, Any] = {}
-    for method in [*methods, RANDOM_BASELINE]:
-        d = per_image[per_image["method"] == method]
-        if d.empty:
-            continue
-        values = {k: mean_or_none(d[k]) for k in
-                  ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game",
-                   "topk_iou")}
-        if method != RANDOM_BASELINE:
-            values["sanity_abs_spearman"] = mean_or_none(d["sanity_spearman"].abs())
-            values["seconds_per_image"] = float(d["seconds"].mean())
-            values["evals_per_image"] = float(d["model_evals"].mean())
-        out[method] = values
-    out["images"] = {"n": len(info), "misclassified": int(info["misclassified"].sum()),
-                     "with_mask": int(info["has_mask"].sum())}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # HTML report
 # ---------------------------------------------------------------------------------------------
 
 
 def report_html(grid: Path, metrics: dict[str, Any], cfg: Config, run_info: dict[str, Any],
-                classes: list[str]) -> str:
+                classes: list[str], image_size: int) -> str:
     """One standalone page: the grid (embedded base64), the metrics table, the configuration."""
     png = base64.b64encode(grid.read_bytes()).decode("ascii")
     methods = [m for m in metrics if m != "images"]
@@ -390,7 +436,8 @@ values clipped to 0; each map divided by its maximum; jet colormap, alpha 0.5).<
 the <code>{html.escape(cfg.explain.metrics.baseline)}</code> baseline (deletion) or revealed on it
 (insertion) in {cfg.explain.metrics.steps} steps; area under the target-probability curve.</li>
 <li><b>pointing game</b> (Zhang et al. 2016): the map's maximum lies within
-{EM.POINTING_TOLERANCE} px of the crack mask (ties: the fraction of tied maxima that hit).
+{EM.pointing_tolerance((image_size, image_size))} px of the crack mask (their 15 px at 224 px,
+scaled to {image_size} px; ties: the fraction of tied maxima that hit).
 <b>energy pointing game</b> (Wang et al. 2020): share of the positive attribution inside the mask.
 <b>top-k IoU</b>: IoU of the top {cfg.explain.metrics.top_k_percent:g}% pixels with the mask.
 Only images with a mask count; "-" = no selected image has one.</li>

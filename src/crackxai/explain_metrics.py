@@ -8,7 +8,8 @@ any callable (N, H, W, 3) -> (N, C) probabilities, e.g. crackxai.predictor.Predi
   with a baseline) and watch the target probability fall; insert them first into the baseline and
   watch it rise. Deletion AUC: lower is better; insertion AUC: higher is better.
 - Localisation, where a ground-truth crack mask exists: pointing game (Zhang et al. 2016, "Top-down
-  neural attention by excitation backprop", with their few-pixel tolerance), energy-based pointing
+  neural attention by excitation backprop", with their 15 px tolerance at 224 px scaled to the
+  image size: 2 px at 32, 4 px at 64), energy-based pointing
   game (Wang et al. 2020, "Score-CAM", with the mask in place of the bounding box) and the IoU of the
   top-k% pixels with the mask. No mask -> NaN, never 0.
 - Sanity (Adebayo et al. 2018, "Sanity checks for saliency maps"): Spearman rank correlation between
@@ -31,7 +32,7 @@ Predict = Callable[[np.ndarray], np.ndarray]
 HEAD_LAYER = "predictions"
 RANDOMIZE_STAGES = {"head": (), "top_block": ("conv5_",), "top_2_blocks": ("conv5_", "conv4_")}
 BLUR_SIGMA_FRACTION = 0.1  # blur baseline: Gaussian sigma = 10% of the image side (erases cracks)
-POINTING_TOLERANCE = 3  # px at the processed resolution; Zhang et al. use 15 px on ~224-500 px images
+POINTING_TOLERANCE_224 = 15  # px, Zhang et al.'s tolerance; scaled to the image side below
 
 
 # --- Faithfulness ------------------------------------------------------------------------------
@@ -131,9 +132,15 @@ def dilate(mask: np.ndarray, tolerance: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), disk).astype(bool)
 
 
+def pointing_tolerance(shape: tuple[int, ...]) -> int:
+    """Zhang et al.'s 15 px at 224 px, scaled to this image size: 4 px at 64, 10 px at 150."""
+    return max(1, round(POINTING_TOLERANCE_224 * max(shape[:2]) / 224))
+
+
 def pointing_game(attribution: np.ndarray, mask: np.ndarray | None,
-                  tolerance: int = POINTING_TOLERANCE) -> float:
+                  tolerance: int | None = None) -> float:
     """1.0 if the map's maximum lies within `tolerance` px of the mask, else 0.0; NaN without a mask.
+    `tolerance` defaults to `pointing_tolerance` of the mask's size.
 
     When several pixels share the maximum (a flat or constant map), the score is the fraction of
     them that hit: the expected hit of a random pick among them, so a constant map scores chance.
@@ -141,15 +148,21 @@ def pointing_game(attribution: np.ndarray, mask: np.ndarray | None,
     mask = _valid_mask(mask)
     if mask is None:
         return float("nan")
+    if tolerance is None:
+        tolerance = pointing_tolerance(mask.shape)
     attribution = np.asarray(attribution, dtype=np.float64)
     peaks = attribution == attribution.max()
     return float(dilate(mask, tolerance)[peaks].mean())
 
 
-def pointing_game_chance(mask: np.ndarray | None, tolerance: int = POINTING_TOLERANCE) -> float:
+def pointing_game_chance(mask: np.ndarray | None, tolerance: int | None = None) -> float:
     """What a uniformly random point scores: the area fraction of the (tolerance-dilated) mask."""
     mask = _valid_mask(mask)
-    return float("nan") if mask is None else float(dilate(mask, tolerance).mean())
+    if mask is None:
+        return float("nan")
+    if tolerance is None:
+        tolerance = pointing_tolerance(mask.shape)
+    return float(dilate(mask, tolerance).mean())
 
 
 def energy_pointing_game(attribution: np.ndarray, mask: np.ndarray | None) -> float:
@@ -182,7 +195,7 @@ def topk_iou(attribution: np.ndarray, mask: np.ndarray | None, top_k_percent: fl
 
 
 def localisation(attribution: np.ndarray, mask: np.ndarray | None, top_k_percent: float = 5.0,
-                 tolerance: int = POINTING_TOLERANCE, seed: int = 0) -> dict[str, float]:
+                 tolerance: int | None = None, seed: int = 0) -> dict[str, float]:
     return {
         "pointing_game": pointing_game(attribution, mask, tolerance),
         "energy_pointing_game": energy_pointing_game(attribution, mask),

@@ -7,7 +7,7 @@ Reads `data/manifest.csv` (written by `download`) and the files under `data/raw/
 writes `data/processed/` (format: crackxai.dataset) plus `reports/data_quality.json`.
 
 1. Every listed file is read once; its sha256 and its decode come from the same bytes. Bad files
-   (missing, empty, truncated, not an image, unsupported depth, smaller than
+   (missing, empty, truncated, not an image, unsupported pixel format, smaller than
    `preprocess.min_source_size`) are rejected and listed with the reason; grayscale, RGBA and
    16-bit images are converted to 8-bit RGB. The stage fails if fewer than
    `preprocess.min_good_fraction` of the files are good. Raw files are never modified.
@@ -22,7 +22,7 @@ Caveat: the 40,000 patches of the surface-crack dataset are 227x227 crops of 458
 photo IDs are published, so crops of one photo can land in train and test. Test accuracy is then
 an optimistic estimate of accuracy on new photos (the same note is in the report).
 
-Decoding runs in `preprocess.workers` processes and goes straight into a memory-mapped staging
+Decoding runs in `preprocess.workers` threads and goes straight into a memory-mapped staging
 array, so memory stays flat however large the dataset is.
 """
 
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from crackxai.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR
 STAGE = "preprocess"
 MANIFEST_COLUMNS = ("path", "class", "sha256", "mask")
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
-RERUN_DOWNLOAD = "rerun the download stage (`dvc repro download` or `python -m crackxai.download`)"
+RERUN_DOWNLOAD = "Rerun the download stage (`dvc repro download` or `python -m crackxai.download`)"
 CAVEAT = (
     "The 40,000 patches of the surface-crack dataset are crops of 458 photos and no photo IDs are "
     "available, so crops of one photo can be in train and test: test accuracy is an optimistic "
@@ -59,7 +59,7 @@ CAVEAT = (
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading one image (runs in worker processes)
+# Reading one image (runs in worker threads)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -83,13 +83,14 @@ def decode_image(data: bytes, size: int,
     h, w = img.shape[:2]
     if h < min_source_size or w < min_source_size:
         return None, "too_small", f"{w}x{h} < preprocess.min_source_size={min_source_size}", (0, 0)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if img.dtype not in (np.uint8, np.uint16) or channels not in (1, 3):
+        return None, "unsupported_format", f"{channels} channel(s) of {img.dtype}", (0, 0)
     note = ""
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
         note = "16-bit"
-    elif img.dtype != np.uint8:
-        return None, "unsupported_depth", f"pixel type {img.dtype}", (0, 0)
-    if img.ndim == 2 or img.shape[2] == 1:
+    if channels == 1:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         note = note or "grayscale"
     else:
@@ -144,8 +145,32 @@ def load_file(job: tuple[str, str, int, int]) -> dict[str, Any]:
     return out
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+def decode_all(jobs: list[tuple[str, str, int, int]], staged: np.ndarray,
+               staged_masks: np.ndarray | None, workers: int) -> list[dict[str, Any]]:
+    """Run `load_file` on every job, writing row i of `staged` (and `staged_masks`) as it goes.
+
+    Threads, not processes: OpenCV's decode/resize, hashlib and file reads release the GIL, and
+    there is neither fork (a forked child can deadlock in OpenCV's thread pool) nor the start-up
+    cost of spawn. OpenCV's own threads are switched off meanwhile: `workers` is the parallelism.
+    """
+    def load_row(i: int) -> dict[str, Any]:
+        res = load_file(jobs[i])
+        image, mask = res.pop("image"), res.pop("mask")
+        if image is not None:
+            staged[i] = image
+        if mask is not None and staged_masks is not None:
+            staged_masks[i] = mask
+        res["has_mask"] = mask is not None
+        return res
+
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            it = pool.map(load_row, range(len(jobs))) if workers else map(load_row, range(len(jobs)))
+            return list(tqdm(it, total=len(jobs), desc="decode+resize", unit="img"))
+    finally:
+        cv2.setNumThreads(cv_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,14 +181,14 @@ def _init_worker() -> None:
 def find_classes(raw_dir: Path) -> list[str]:
     """Class names = sub-folders of data/raw (not `_*` or `.*`), sorted: position = class index."""
     if not raw_dir.is_dir():
-        raise DataError(f"'{raw_dir}' not found: there are no raw images yet. First {RERUN_DOWNLOAD}.")
+        raise DataError(f"'{raw_dir}' not found: there are no raw images yet. {RERUN_DOWNLOAD}.")
     classes = sorted(d.name for d in raw_dir.iterdir()
                      if d.is_dir() and not d.name.startswith(("_", ".")))
     if len(classes) < 2:
         raise DataError(
             f"'{raw_dir}' has {len(classes)} class folder(s) {classes}; a classifier needs at least "
-            f"two (one sub-folder per class, e.g. Negative/ and Positive/). Check data.source / "
-            f"data.path and {RERUN_DOWNLOAD}."
+            f"two (one sub-folder per class, e.g. Negative/ and Positive/). Check data.source and "
+            f"data.path. {RERUN_DOWNLOAD}."
         )
     return classes
 
@@ -171,16 +196,16 @@ def find_classes(raw_dir: Path) -> list[str]:
 def read_manifest(manifest: Path, raw_dir: Path, classes: list[str]) -> pd.DataFrame:
     """The manifest, sorted by path, after checking it against what is really in data/raw."""
     if not manifest.is_file():
-        raise DataError(f"'{manifest}' not found. {RERUN_DOWNLOAD[0].upper()}{RERUN_DOWNLOAD[1:]}.")
+        raise DataError(f"'{manifest}' not found. {RERUN_DOWNLOAD}.")
     try:
         df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"Cannot parse '{manifest}': {str(exc).splitlines()[0]}. "
-                        f"{RERUN_DOWNLOAD[0].upper()}{RERUN_DOWNLOAD[1:]}.") from None
+                        f"{RERUN_DOWNLOAD}.") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"'{manifest}' lacks column(s) {missing} (has {list(df.columns)}); it was "
-                        f"written by an older or different tool: {RERUN_DOWNLOAD}.")
+                        f"written by an older or different tool. {RERUN_DOWNLOAD}.")
     folder = df["path"].str.split("/", n=1).str[0]
     bad = df[~folder.isin(classes) | df["path"].str.contains(r"(?:^|/)\.\.(?:/|$)", regex=True)
              | (folder != df["class"])]
@@ -189,20 +214,21 @@ def read_manifest(manifest: Path, raw_dir: Path, classes: list[str]) -> pd.DataF
         raise DataError(
             f"'{manifest}' has {len(bad)} row(s) whose path is not inside a class folder of "
             f"'{raw_dir}' {classes} or whose class differs from that folder, e.g. "
-            f"path={row['path']!r} class={row['class']!r}. {RERUN_DOWNLOAD[0].upper()}{RERUN_DOWNLOAD[1:]}."
+            f"path={row['path']!r} class={row['class']!r}. {RERUN_DOWNLOAD}."
         )
     repeated = df["path"][df["path"].duplicated()]
     if len(repeated):
-        raise DataError(f"'{manifest}' lists {repeated.iloc[0]!r} more than once: {RERUN_DOWNLOAD}.")
-    on_disk = {f.relative_to(raw_dir).as_posix()
-               for c in classes for f in (raw_dir / c).rglob("*")
-               if f.is_file() and not f.name.startswith(".")}
+        raise DataError(f"'{manifest}' lists {repeated.iloc[0]!r} more than once. {RERUN_DOWNLOAD}.")
+    # Hidden and `_` entries are skipped, as download skips them (.DS_Store, __MACOSX, ...).
+    on_disk = {f.relative_to(raw_dir).as_posix() for c in classes for f in (raw_dir / c).rglob("*")
+               if f.is_file() and not any(part.startswith((".", "_"))
+                                          for part in f.relative_to(raw_dir).parts)}
     unlisted = sorted(on_disk - set(df["path"]))
     if unlisted:
         raise DataError(
             f"{len(unlisted)} file(s) in '{raw_dir}' are not in '{manifest}' (e.g. "
-            f"{', '.join(unlisted[:3])}): the manifest is stale or files were added by hand. To "
-            f"use them, {RERUN_DOWNLOAD}, which rebuilds the manifest; otherwise remove them."
+            f"{', '.join(unlisted[:3])}): the manifest is stale or files were added by hand. "
+            f"{RERUN_DOWNLOAD} to rebuild the manifest, or remove those files."
         )
     df = df.rename(columns={"sha256": "sha256_manifest"})  # the real hash comes from the bytes
     return df.sort_values("path", kind="stable").reset_index(drop=True)
@@ -215,18 +241,19 @@ def read_manifest(manifest: Path, raw_dir: Path, classes: list[str]) -> pd.DataF
 
 def deduplicate(rows: pd.DataFrame) -> tuple[np.ndarray, list[dict], list[dict]]:
     """Good rows (sorted by path) -> (kept row numbers, duplicates, cross-class groups)."""
+    paths, classes, hashes = (rows[c].tolist() for c in ("path", "class", "sha256"))
     by_hash: dict[str, list[int]] = defaultdict(list)
-    for i in rows.index[rows["good"]]:
-        by_hash[rows.at[i, "sha256"]].append(i)
+    for i in np.flatnonzero(rows["good"].to_numpy()):
+        by_hash[hashes[i]].append(int(i))
     keep, duplicates, conflicts = [], [], []
     for sha, idx in by_hash.items():
-        classes = sorted(set(rows.loc[idx, "class"]))
-        if len(classes) > 1:
-            conflicts.append({"sha256": sha, "classes": classes, "paths": list(rows.loc[idx, "path"])})
+        names = sorted({classes[i] for i in idx})
+        if len(names) > 1:
+            conflicts.append({"sha256": sha, "classes": names, "paths": [paths[i] for i in idx]})
             continue
         keep.append(idx[0])
-        duplicates += [{"path": rows.at[i, "path"], "duplicate_of": rows.at[idx[0], "path"],
-                        "sha256": sha} for i in idx[1:]]
+        duplicates += [{"path": paths[i], "duplicate_of": paths[idx[0]], "sha256": sha}
+                       for i in idx[1:]]
     return np.sort(np.array(keep, dtype=np.int64)), duplicates, conflicts
 
 
@@ -263,10 +290,10 @@ def main(cfg: Config) -> dict[str, Any]:
     rows = read_manifest(MANIFEST, RAW_DIR, classes)
     n = len(rows)
     if n == 0:
-        raise DataError(f"'{MANIFEST}' lists no images. {RERUN_DOWNLOAD[0].upper()}{RERUN_DOWNLOAD[1:]}.")
+        raise DataError(f"'{MANIFEST}' lists no images. {RERUN_DOWNLOAD}.")
     with_masks = bool((rows["mask"] != "").any())
     log(STAGE, f"{n} files in {len(classes)} classes {classes} from {MANIFEST}; decoding -> "
-               f"{size}x{size} RGB with {p.workers or 'no'} worker process(es)")
+               f"{size}x{size} RGB with {p.workers or 'no'} worker thread(s)")
 
     with atomic_dir(PROCESSED_DIR) as out:
         # 1. Read, hash, check, resize: straight into memory-mapped staging arrays, in path order.
@@ -277,22 +304,7 @@ def main(cfg: Config) -> dict[str, Any]:
                         if with_masks else None)
         jobs = [(str(RAW_DIR / r.path), str(RAW_DIR / r.mask) if r.mask else "", size,
                  p.min_source_size) for r in rows.itertuples()]
-        results = []
-        pool = (multiprocessing.Pool(p.workers, initializer=_init_worker) if p.workers else None)
-        try:
-            chunk = max(1, min(64, n // (4 * max(1, p.workers))))
-            it = pool.imap(load_file, jobs, chunksize=chunk) if pool else map(load_file, jobs)
-            for i, res in enumerate(tqdm(it, total=n, desc="decode+resize", unit="img")):
-                if res["image"] is not None:
-                    staged[i] = res.pop("image")
-                if res["mask"] is not None and staged_masks is not None:
-                    staged_masks[i] = res["mask"]
-                res["has_mask"] = res.pop("mask") is not None
-                results.append(res)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+        results = decode_all(jobs, staged, staged_masks, p.workers)
         rows = pd.concat([rows, pd.DataFrame(results)], axis=1)
         rows["good"] = rows["reason"] == ""
         rows["label"] = rows["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
@@ -312,8 +324,8 @@ def main(cfg: Config) -> dict[str, Any]:
                 f"Only {report['good_fraction']:.1%} of the {n} images listed in '{MANIFEST}' are "
                 f"usable, below preprocess.min_good_fraction={p.min_good_fraction}. "
                 f"'{DATA_QUALITY}' lists every rejected file with its reason "
-                f"({report['rejected_by_reason']}). Fix or remove those files and {RERUN_DOWNLOAD}, "
-                f"or lower preprocess.min_good_fraction if the loss is acceptable."
+                f"({report['rejected_by_reason']}). Fix or remove those files and rerun download "
+                f"and preprocess, or lower preprocess.min_good_fraction if the loss is acceptable."
             ))
         kept_labels = rows["label"].to_numpy()[keep]
         counts = np.bincount(kept_labels, minlength=len(classes))
@@ -322,7 +334,7 @@ def main(cfg: Config) -> dict[str, Any]:
                 f"Class '{classes[int(counts.argmin())]}' has only {int(counts.min())} usable "
                 f"image(s) after removing bad files and duplicates; each class needs at least "
                 f"{len(SPLITS)} (one per split). See '{DATA_QUALITY}' and add images to "
-                f"{RAW_DIR / classes[int(counts.argmin())]}, then {RERUN_DOWNLOAD}."
+                f"{RAW_DIR / classes[int(counts.argmin())]} (or its source), then rerun download."
             ))
 
         # 3. Split and write each split's arrays, gathered from the staging arrays in chunks.

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.signal import lfilter
 from tqdm import tqdm
 
 CLASSES = ("Negative", "Positive")  # sorted: index 1 = crack, as in the real dataset
@@ -115,9 +114,9 @@ def _background(rng: np.random.Generator, size: int, difficulty: float) -> np.nd
 
     # Fine texture: grain at pixel scale; its extremes become light/dark sand grains (speckle).
     grain = _fine_noise(rng, size, 0.6 * s + 0.2)
-    gray += np.float32(noise_gain * rng.uniform(3, 8)) * grain
+    gray += np.float32(noise_gain * rng.uniform(2.5, 6.5)) * grain
     gray += np.float32(rng.uniform(5, 20)) * (grain > 2.3) - np.float32(rng.uniform(5, 20)) * (grain < -2.4)
-    gray += np.float32(rng.uniform(0.5, 3)) * _smooth_noise(rng, size, int(40 * s) + 2)
+    gray += np.float32(rng.uniform(1, 4)) * _smooth_noise(rng, size, int(40 * s) + 2)
 
     # Pores / air voids: small dark roundish pits.
     n = int(rng.integers(3, 40) * noise_gain)
@@ -154,7 +153,10 @@ def _polyline(rng: np.random.Generator, start: np.ndarray, heading: float, lengt
               step: float) -> np.ndarray:
     """Meandering, jagged path: a mean-reverting heading drift plus per-step zigzag."""
     n = max(2, int(length / step))
-    drift = lfilter([1.0], [1.0, -0.93], rng.normal(0, 0.12, n))  # AR(1): d_k = 0.93 d_k-1 + e_k
+    drift, a = np.empty(n), 0.0
+    for k, kick in enumerate(rng.normal(0, 0.12, n).tolist()):  # AR(1): slowly varying heading
+        a = 0.93 * a + kick
+        drift[k] = a
     angles = heading + drift + rng.normal(0, 0.35, n)
     steps = step * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     return start + np.vstack([[0, 0], np.cumsum(steps, axis=0)])
@@ -250,7 +252,7 @@ def render(rng: np.random.Generator, crack: bool, size: int = REF_SIZE,
         (m0, s0), (m1, s1) = _moments(surface), _moments(cracked)
         rgb, mask = (surface - m0) * (s1 / (s0 + 1e-6)) + m1, None
     # Sensor noise last, then round to uint8 and interleave the channels.
-    rgb += np.float32(rng.uniform(0.8, 2.5)) * _uniform_noise(rng, (size, size)) + np.float32(0.5)
+    rgb += np.float32(rng.uniform(0.6, 2.0)) * _uniform_noise(rng, (size, size)) + np.float32(0.5)
     planes = np.clip(rgb, 0, 255, out=rgb).astype(np.uint8)
     return cv2.merge(list(planes)), mask
 

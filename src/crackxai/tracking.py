@@ -214,7 +214,10 @@ def resume_model_run(cfg: Config, path: str | Path = RUN_FILE, nested_name: str 
         if nested_name is None:
             yield parent
             return
+        # A nested run does not inherit its parent's experiment: without experiment_id it lands
+        # in "Default".
         with mlflow.start_run(run_name=nested_name, nested=True,
+                              experiment_id=parent.info.experiment_id,
                               tags={**run_tags(nested_name), "crackxai.parent_run": info["run_id"]}
                               ) as child:
             yield child

@@ -268,7 +268,7 @@ def fit_phase(model: keras.Model, phase: Phase, train_ds: tf.data.Dataset,
         epoch = json.loads(meta.read_text())["epoch"]
         log(STAGE, f"{phase.name}: resuming after epoch {epoch} from {backup.backup_dir}")
     model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
-              epochs=first_epoch + phase.epochs, callbacks=callbacks,
+              epochs=first_epoch + phase.epochs, callbacks=callbacks, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
 
 
@@ -277,6 +277,14 @@ def describe(phase: Phase, first_epoch: int) -> str:
         phase.unfreeze, f"the head and the top {phase.unfreeze} ResNet stage(s), BatchNorm frozen")
     return (f"{phase.name}: training {what} for up to {phase.epochs} epoch(s) "
             f"(epochs {first_epoch + 1}-{first_epoch + phase.epochs}), Adam lr={phase.lr:g}")
+
+
+def save_model(model: keras.Model, path: Path = MODEL_FILE) -> None:
+    """Atomically, without the optimizer: an uncompiled model sharing the trained layers is
+    saved, so the file holds the weights only once (a third of the size with Adam's state)."""
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    with atomic_path(path, suffix=".keras") as tmp:
+        inference.save(tmp)
 
 
 def manifest_sha256(path: Path = MANIFEST) -> str | None:
@@ -330,8 +338,7 @@ def main(cfg: Config) -> Path:
                 model.save_weights(tmp)
             write_json(done_file, {"epoch": epoch})
 
-        with atomic_path(MODEL_FILE, suffix=".keras") as tmp:
-            model.save(tmp)
+        save_model(model, MODEL_FILE)
         write_history_csv(rows)
         log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs, "
                    f"val_loss {rows[-1]['val_loss']:.4f}, val_accuracy "

@@ -1,0 +1,154 @@
+"""Seconds per image per explanation method, and the shared Predictor's speed-up over the
+reference usage at identical settings (same masker, max_evals, batch sizes, samples and seeds).
+
+    .venv/bin/python benchmarks/explain_speed.py [--images 2] [--methods shap,lime,...]
+        [--max-evals 500] [--num-samples 1000] [--repeats 1]
+
+Model: models/model.keras when present (run from the project root), else the pipeline's 64x64
+ResNet50 with random weights. Images: synthetic concrete surfaces at the model's input size.
+
+Reference, as in the notebooks this replaces:
+  shap  shap.Explainer(f, masker) with f = lambda x: model(x, training=False).numpy(), an eager
+        call per batch of 50. (The notebooks' literal `model(x)` would also run the augmentation
+        layers of the crackxai model, making the attributions random; see crackxai/predictor.py.)
+  lime  explain_instance(..., classifier_fn=model.predict, batch_size=10), lime's default.
+Ours: crackxai.explainers.explain through the shared Predictor (lime with
+explain.lime.batch_size=50). The two runs must give the same attributions (np.allclose).
+The CAM methods call tf-keras-vis either way: their seconds per image only.
+
+Timings are medians over images (and --repeats) after one untimed warm-up per path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from crackxai.config import EXPLAIN_METHODS, ExplainConfig  # noqa: E402
+from crackxai.explainers import (  # noqa: E402
+    explain,
+    lime_explanation,
+    lime_map,
+    shap_explanation,
+    shap_map,
+)
+from crackxai.model import build_model, load_model  # noqa: E402
+from crackxai.paths import MODEL_FILE  # noqa: E402
+from crackxai.predictor import Predictor  # noqa: E402
+from crackxai.synthetic import render  # noqa: E402
+
+SEED = 42
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=2, help="images timed per method (default 2)")
+    p.add_argument("--methods", default=",".join(EXPLAIN_METHODS))
+    p.add_argument("--max-evals", type=int, default=500, help="SHAP max_evals (default 500)")
+    p.add_argument("--num-samples", type=int, default=1000, help="LIME samples (default 1000)")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes over the images")
+    return p.parse_args()
+
+
+def pipeline_model() -> tuple[keras.Model, str]:
+    if MODEL_FILE.is_file():
+        return load_model(MODEL_FILE), str(MODEL_FILE)
+    keras.utils.set_random_seed(SEED)
+    return build_model(2, 64, weights=None), "random-init crackxai ResNet50, 64x64, 2 classes"
+
+
+def timed(fn, *args):  # noqa: ANN001, ANN201
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def same(ours: np.ndarray, ref: np.ndarray) -> tuple[bool, float]:
+    """allclose at 1e-4 of the map's scale; and the largest difference relative to that scale."""
+    scale = float(np.abs(ref).max()) or 1.0
+    return (bool(np.allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)),
+            float(np.abs(ours - ref).max() / scale))
+
+
+def main() -> None:
+    args = parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    model, about = pipeline_model()
+    size = int(model.input_shape[1])
+    images = np.stack([render(np.random.default_rng([SEED, i]), crack=i % 2 == 0, size=size)[0]
+                       for i in range(args.images + 1)])  # the first one is the warm-up
+    cfg = ExplainConfig()
+    cfg.shap.max_evals, cfg.lime.num_samples = args.max_evals, args.num_samples
+    predictor = Predictor(model, batch_size=cfg.batch_size)
+    targets = predictor(images).argmax(1)
+
+    # the reference paths: the same explainer code, only the model function differs
+    def eager(x: np.ndarray) -> np.ndarray:
+        return model(x, training=False).numpy()
+
+    ref_lime_cfg = copy.deepcopy(cfg)
+    ref_lime_cfg.lime.batch_size = 10  # lime's default batch_size
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return model.predict(x, verbose=0)
+
+    refs = {
+        "shap": lambda im, t: shap_map(shap_explanation(eager, im, t, cfg, SEED)),
+        "lime": lambda im, t: lime_map(lime_explanation(predict, im, t, ref_lime_cfg, SEED), t),
+    }
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"model: {about}; {args.images} image(s) of {size}x{size}; SHAP {cfg.shap.masker} "
+          f"max_evals={cfg.shap.max_evals} batch_size={cfg.shap.batch_size}; LIME "
+          f"num_samples={cfg.lime.num_samples} (ours batch_size={cfg.lime.batch_size}, "
+          f"reference 10); ScoreCAM max_N={cfg.scorecam.max_N}, Faster max_N="
+          f"{cfg.faster_scorecam.max_N}; {os.cpu_count()} CPU(s), load average {load:.1f} "
+          "(a shared CPU: compare the ratios, not the seconds)", flush=True)
+    header = (f"{'method':<16}{'ours s/img':>11}{'evals/img':>10}{'reference s/img':>17}"
+              f"{'speed-up':>10}  same maps")
+    rows = []
+    for method in methods:
+        def ours(im: np.ndarray, t: int, method: str = method) -> np.ndarray:
+            return explain(method, model, predictor, im[None], np.array([t]), cfg, SEED)[0]
+
+        ours(images[0], targets[0])  # warm-up: imports, tracing, the linear copy
+        if method in refs:
+            refs[method](images[0], targets[0])
+        t_ours, t_ref, checks, evals = [], [], [], []
+        for _ in range(args.repeats):
+            for im, t in zip(images[1:], targets[1:], strict=True):
+                before = predictor.n_evals
+                seconds, a = timed(ours, im, t)
+                t_ours.append(seconds)
+                evals.append(predictor.n_evals - before)
+                if method in refs:
+                    seconds, b = timed(refs[method], im, t)
+                    t_ref.append(seconds)
+                    checks.append(same(a, b))
+        mine = statistics.median(t_ours)
+        if t_ref:
+            ref = statistics.median(t_ref)
+            ok = all(c[0] for c in checks)
+            worst = max(c[1] for c in checks)
+            row = (f"{method:<16}{mine:>11.2f}{statistics.median(evals):>10.0f}{ref:>17.2f}"
+                   f"{ref / mine:>9.2f}x  {'yes' if ok else 'NO'} (max diff {worst:.1e} of the "
+                   "map's range)")
+        else:
+            row = f"{method:<16}{mine:>11.2f}{statistics.median(evals):>10.0f}{'-':>17}{'-':>10}"
+        rows.append(row)
+        print(row if len(rows) > 1 else header + "\n" + row, flush=True)
+    print("\n" + header + "\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
