@@ -1,5 +1,7 @@
-"""The explain stage: image selection, then the real entry point on a tiny model and dataset
-(every method, metrics, report, MLflow nested run, determinism, bad inputs)."""
+"""The explain stage on a tiny untrained model and test split: image selection; the stage through
+run_stage (what `python -m crackxai.explain` calls) with gradcam and LIME: outputs, metrics, the
+HTML report, the nested MLflow run, determinism, stale files, bad inputs; and (slow) the real entry
+point in a subprocess with all six methods."""
 
 from __future__ import annotations
 
@@ -76,8 +78,10 @@ def test_explicit_images_out_of_range_is_a_config_error():
 
 
 # ---------------------------------------------------------------------------------------------
-# The stage, through its real entry point
+# The stage on a tiny untrained model and test split
 # ---------------------------------------------------------------------------------------------
+
+FAST = ["gradcam", "lime"]  # the default-suite runs; SHAP's numba JIT alone costs ~15-40 s
 
 
 def write_processed(d: Path) -> None:
@@ -102,22 +106,35 @@ def write_processed(d: Path) -> None:
                  ).to_csv(d / "test.csv", index=False)
 
 
-def clean_env() -> dict[str, str]:
-    drop = ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI",
-            "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+ENV_LEAKS = ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI",
+             "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
 
 
-def run_explain(project: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crackxai.explain", "experiment=smoke",
-                           *overrides], cwd=project, capture_output=True, text=True,
-                          timeout=900, env=clean_env())
+def copy_project(template: Path, dest: Path) -> Path:
+    """A fresh project from the template (its own MLflow store copy; the model is linked)."""
+    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("model.keras"))
+    (dest / "models" / "model.keras").symlink_to(template / "models" / "model.keras")
+    return dest
+
+
+def run_in_process(project: Path, *overrides: str) -> None:
+    """The stage as `python -m crackxai.explain` runs it (run_stage), without a new TensorFlow
+    start: SystemExit on a CrackxaiError, None on success."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ENV_LEAKS:
+            mp.delenv(var, raising=False)
+        mp.chdir(project)
+        run_stage("explain", explain.main, ["experiment=smoke", *overrides])
+
+
+def load_maps(project: Path) -> dict[Path, np.ndarray]:
+    root = project / "reports" / "explain" / "maps"
+    return {p.relative_to(root): np.load(p) for p in sorted(root.rglob("*.npy"))}
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One project with a tiny untrained 32x32 model, its MLflow run and a processed test split;
-    the stage run once on a negative (no mask) and a positive (with mask)."""
+def template(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A project with a tiny untrained 32x32 model, its MLflow run and a processed test split."""
     import keras
     import mlflow
 
@@ -125,7 +142,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from crackxai.model import build_model
     from crackxai.tracking import start_model_run, write_run_file
 
-    project = tmp_path_factory.mktemp("explain_project")
+    project = tmp_path_factory.mktemp("template")
     shutil.copytree(REPO / "conf", project / "conf")
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     write_processed(project / "data" / "processed")
@@ -133,58 +150,57 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (project / "models").mkdir()
     build_model(2, SIZE, weights=None).save(project / "models" / "model.keras")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        for var in ENV_LEAKS:
             mp.delenv(var, raising=False)
         mp.chdir(project)
         run = start_model_run(load_config(["experiment=smoke"]))
         write_run_file(run)
         mlflow.end_run()
-    res = run_explain(project, "explain.images=[0,1]")
-    assert res.returncode == 0, res.stdout + res.stderr
-    maps = {p.relative_to(project / "reports/explain/maps"): np.load(p)
-            for p in sorted((project / "reports/explain/maps").rglob("*.npy"))}
-    return {"project": project, "run_id": run.info.run_id, "out": res.stdout + res.stderr,
-            "maps": maps}
+    return {"project": project, "run_id": run.info.run_id}
 
 
-def test_stage_outputs(stage):
-    out = stage["project"] / "reports" / "explain"
+@pytest.fixture(scope="module")
+def stage(template: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The stage run once (gradcam and LIME, sanity check on) on a negative without a mask and a
+    positive with one."""
+    project = copy_project(template["project"], tmp_path_factory.mktemp("stage") / "p")
+    run_in_process(project, "explain.images=[0,1]", f"explain.methods=[{','.join(FAST)}]")
+    return {**template, "project": project, "maps": load_maps(project)}
+
+
+def check_outputs(project: Path, methods: list[str]) -> dict:
+    """The files the stage promises, for `methods`; returns metrics.json."""
+    out = project / "reports" / "explain"
     assert {p.name for p in out.iterdir()} == {"maps", "overlays", "grid.png", "index.html",
                                                "per_image.csv", "metrics.json"}
-    for method in EXPLAIN_METHODS:
+    assert sorted(p.name for p in (out / "maps").iterdir()) == sorted(methods)
+    for method in methods:
         assert sorted(p.name for p in (out / "maps" / method).iterdir()) == ["000_0.npy",
                                                                             "001_1.npy"]
         assert sorted(p.name for p in (out / "overlays" / method).iterdir()) == ["000_0.png",
                                                                                 "001_1.png"]
         m = np.load(out / "maps" / method / "001_1.npy")
         assert m.shape == (SIZE, SIZE) and m.dtype == np.float32 and np.isfinite(m).all()
-    for method in EXPLAIN_METHODS:
-        assert f"[crackxai.explain] {method}: explaining 2 images" in stage["out"]
     from PIL import Image
 
     grid = Image.open(out / "grid.png")
-    assert grid.width / grid.height > 2.5  # 7 columns (image + six methods), 2 rows
+    assert grid.format == "PNG" and grid.width / grid.height > (len(methods) + 1) / 3
 
-
-def test_metrics_json_and_per_image_csv(stage):
-    out = stage["project"] / "reports" / "explain"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {*EXPLAIN_METHODS, "random_baseline", "images"}
+    assert set(metrics) == {*methods, "random_baseline", "images"}
     assert metrics["images"] == {"n": 2, "misclassified": metrics["images"]["misclassified"],
                                  "with_mask": 1}
-    for method in EXPLAIN_METHODS:
+    for method in methods:
         values = metrics[method]
         assert set(values) == METRIC_KEYS
         assert 0 <= values["deletion_auc"] <= 1 and 0 <= values["insertion_auc"] <= 1
         assert values["evals_per_image"] >= 1 and values["seconds_per_image"] > 0
         for key in LOCALISATION:  # one image has a mask: a number, never null
             assert 0 <= values[key] <= 1
-    assert metrics["gradcam"]["evals_per_image"] == 1  # forward+backward counted as 1
-    assert metrics["shap"]["evals_per_image"] > 10  # perturbations through the Predictor
     assert set(metrics["random_baseline"]) == {"deletion_auc", "insertion_auc", *LOCALISATION}
 
     per_image = pd.read_csv(out / "per_image.csv")
-    assert len(per_image) == 2 * (len(EXPLAIN_METHODS) + 1)
+    assert len(per_image) == 2 * (len(methods) + 1)
     assert {"row", "index", "method", "true_class", "predicted_class", "probability", "target",
             "has_mask", "deletion_auc", "sanity_spearman", "seconds", "model_evals"} <= set(
         per_image.columns)
@@ -192,36 +208,27 @@ def test_metrics_json_and_per_image_csv(stage):
     positive = per_image[per_image["index"] == 1]
     assert negative[list(LOCALISATION)].isna().all().all()  # no mask: NaN, never 0
     assert positive[list(LOCALISATION)].notna().all().all()
-    gradcam = per_image[per_image["method"] == "gradcam"]
-    assert gradcam["deletion_auc"].mean() == pytest.approx(metrics["gradcam"]["deletion_auc"])
+    first = per_image[per_image["method"] == methods[0]]
+    assert first["deletion_auc"].mean() == pytest.approx(metrics[methods[0]]["deletion_auc"])
+    return metrics
 
 
-def test_index_html_is_self_contained(stage):
-    page = (stage["project"] / "reports" / "explain" / "index.html").read_text()
-    assert "458 photos" in page and stage["run_id"] in page
-    assert "max_misclassified" in page  # the explain configuration
-    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert "<script" not in page and "<link" not in page
-    for method in EXPLAIN_METHODS:
-        assert f"<th>{method}</th>" in page
-
-
-def test_nested_mlflow_run(stage):
+def check_mlflow(project: Path, run_id: str, methods: list[str]) -> None:
+    """One nested run under the model's run, with the explain params, metrics and artifacts."""
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{stage['project'] / 'mlflow.db'}")
-    parent = client.get_run(stage["run_id"])
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{stage['run_id']}'")
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{run_id}'")
     assert len(children) == 1
     child = children[0]
     assert child.info.run_name == "explain" and child.info.status == "FINISHED"
-    assert json.loads(child.data.params["explain.methods"]) == list(EXPLAIN_METHODS)
+    assert json.loads(child.data.params["explain.methods"]) == methods
     assert child.data.params["explain.metrics.baseline"] == "blur"
     assert not any(k.startswith("train.") for k in child.data.params)
-    metrics = json.loads((stage["project"] / "reports/explain/metrics.json").read_text())
-    for method in EXPLAIN_METHODS:
+    metrics = json.loads((project / "reports/explain/metrics.json").read_text())
+    for method in [*methods, "random_baseline"]:
         for key, value in metrics[method].items():
             name = f"explain/{method}/{key}"
             if value is None:
@@ -231,38 +238,69 @@ def test_nested_mlflow_run(stage):
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"grid.png", "index.html", "metrics.json", "per_image.csv", "overlays"} <= artifacts
     overlays = {a.path for a in client.list_artifacts(child.info.run_id, "overlays")}
-    assert "overlays/gradcam" in overlays
+    assert overlays == {f"overlays/{m}" for m in methods}
 
 
-def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch):
+def test_stage_outputs_and_metrics(stage):
+    metrics = check_outputs(stage["project"], FAST)
+    assert metrics["gradcam"]["evals_per_image"] == 1  # forward+backward counted as 1
+    assert metrics["lime"]["evals_per_image"] == 40  # explain.lime.num_samples in the smoke preset
+    assert metrics["gradcam"]["sanity_abs_spearman"] is None  # 1x1 feature map: constant maps
+
+
+def test_index_html_is_self_contained(stage):
+    page = (stage["project"] / "reports" / "explain" / "index.html").read_text()
+    assert "458 photos" in page and stage["run_id"] in page
+    assert "max_misclassified" in page  # the explain configuration
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<script" not in page and "<link" not in page
+    for method in [*FAST, "random_baseline"]:
+        assert f"<th>{method}</th>" in page
+
+
+def test_nested_mlflow_run(stage):
+    check_mlflow(stage["project"], stage["run_id"], FAST)
+
+
+def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
     """Same settings -> the same maps, whatever else runs. A rerun with fewer methods leaves no
-    file of the others, and data without masks gives null localisation (not 0). In-process
-    (run_stage is what `python -m crackxai.explain` runs) to save a second TensorFlow start."""
-    project = tmp_path / "copy"
-    shutil.copytree(stage["project"], project, ignore=shutil.ignore_patterns("model.keras"))
-    (project / "models" / "model.keras").symlink_to(stage["project"] / "models" / "model.keras")
+    file of the others, and data without masks gives null localisation (not 0)."""
+    project = copy_project(stage["project"], tmp_path / "p")
     (project / "data" / "processed" / "test_masks.npy").unlink()
-    monkeypatch.chdir(project)
-    for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    run_stage("explain", explain.main, ["experiment=smoke", "explain.images=[0,1]",
-                                        "explain.methods=[gradcam,lime,shap]"])
+    run_in_process(project, "explain.images=[0,1]", "explain.methods=[lime]")
     out = project / "reports" / "explain"
-    assert sorted(p.name for p in (out / "maps").iterdir()) == ["gradcam", "lime", "shap"]
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["gradcam", "lime", "shap"]
-    for rel, before in stage["maps"].items():
-        if rel.parts[0] in ("gradcam", "lime", "shap"):
-            assert np.array_equal(np.load(out / "maps" / rel), before), rel
+    maps = load_maps(project)
+    assert sorted(maps) == sorted(p for p in stage["maps"] if p.parts[0] == "lime")
+    assert all(np.array_equal(maps[p], stage["maps"][p]) for p in maps)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["lime"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"gradcam", "lime", "shap", "random_baseline", "images"}
-    for method in ("gradcam", "lime", "shap", "random_baseline"):
+    assert set(metrics) == {"lime", "random_baseline", "images"}
+    for method in ("lime", "random_baseline"):
         assert all(metrics[method][k] is None for k in LOCALISATION)
     assert not list(out.parent.glob(".explain*"))  # no staging folder left behind
 
 
+@pytest.mark.slow
+def test_entry_point_all_six_methods(template: dict, tmp_path: Path):
+    """`python -m crackxai.explain experiment=smoke` with every method (~1-4 min on 2 cores)."""
+    project = copy_project(template["project"], tmp_path / "p")
+    res = subprocess.run([sys.executable, "-m", "crackxai.explain", "experiment=smoke",
+                          "explain.images=[0,1]"], cwd=project, capture_output=True, text=True,
+                         timeout=900, env={k: v for k, v in os.environ.items()
+                                           if k not in ENV_LEAKS})
+    assert res.returncode == 0, res.stdout + res.stderr
+    for method in EXPLAIN_METHODS:
+        assert f"[crackxai.explain] {method}: explaining 2 images" in res.stdout
+    metrics = check_outputs(project, list(EXPLAIN_METHODS))
+    assert metrics["shap"]["evals_per_image"] > 10  # perturbations through the Predictor
+    assert metrics["scorecam"]["evals_per_image"] == 16  # explain.scorecam.max_N masked copies
+    check_mlflow(project, template["run_id"], list(EXPLAIN_METHODS))
+    page = (project / "reports" / "explain" / "index.html").read_text()
+    assert all(f"<th>{m}</th>" in page for m in EXPLAIN_METHODS)
+
+
 def test_unknown_method_exits_2_with_a_clear_message(project: Path, capsys):
-    # run_stage is what `python -m crackxai.explain` calls; in-process saves a TensorFlow start
     with pytest.raises(SystemExit) as exc:
         run_stage("explain", explain.main, ["experiment=smoke", "explain.methods=[gradcam,deeplift]"])
     assert exc.value.code == 2
@@ -281,12 +319,11 @@ def test_missing_model_exits_2_with_a_clear_message(project: Path, capsys):
     assert not (project / "reports").exists()
 
 
-def test_out_of_range_image_exits_2(stage, monkeypatch: pytest.MonkeyPatch, capsys):
-    monkeypatch.chdir(stage["project"])
-    for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
+def test_out_of_range_image_exits_2(template: dict, tmp_path: Path, capsys):
+    project = copy_project(template["project"], tmp_path / "p")
     with pytest.raises(SystemExit) as exc:
-        run_stage("explain", explain.main, ["experiment=smoke", f"explain.images=[1,{N_TEST}]"])
+        run_in_process(project, f"explain.images=[1,{N_TEST}]")
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "explain.images" in err and f"0..{N_TEST - 1}" in err
+    assert not (project / "reports").exists()

@@ -22,6 +22,8 @@ from crackxai.errors import CrackxaiError
 from crackxai.tracking import redact, resolve_tracking_uri
 
 STAGE = "compare"
+KEY_METRICS = ("test/accuracy", "test/f1", "test/roc_auc", "test/average_precision",
+               "val/accuracy", "val/loss")
 KEY_METRIC_PREFIXES = ("test/", "val/")
 MAX_METRIC_COLUMNS = 6
 PAGE_SIZE = 200
@@ -75,10 +77,12 @@ def differing_params(runs: list[Any]) -> list[str]:
 
 
 def key_metrics(runs: list[Any], metric: str) -> list[str]:
-    """`metric` first, then the other test/ and val/ metrics any run has (a few columns)."""
-    names = sorted({k for r in runs for k in r.data.metrics if k.startswith(KEY_METRIC_PREFIXES)})
-    names = [metric] + [n for n in names if n != metric]
-    return names[:MAX_METRIC_COLUMNS]
+    """`metric` first, then the usual headline metrics the runs have (else any test/ or val/ ones),
+    a few columns."""
+    present = {k for r in runs for k in r.data.metrics}
+    names = [m for m in KEY_METRICS if m in present] or \
+        sorted(k for k in present if k.startswith(KEY_METRIC_PREFIXES))
+    return [metric, *(n for n in names if n != metric)][:MAX_METRIC_COLUMNS]
 
 
 def run_label(run: Any) -> str:

@@ -26,10 +26,11 @@ predicted one. Metrics (crackxai.explain_metrics) per method, averaged over imag
     topk_iou                         IoU of the top explain.metrics.top_k_percent % with the mask
     sanity_abs_spearman              mean |Spearman rho| between the maps of the trained model and
                                      of a copy with re-initialised top layers (Adebayo et al. 2018;
-                                     lower is better: the map depends on what the model learnt)
-    seconds_per_image, evals_per_image  cost of the explanation alone (model evaluations counted
-                                     by the Predictor; a gradient CAM counts its forward+backward
-                                     pass as 1 evaluation per image)
+                                     lower is better: the map depends on what the model learnt;
+                                     per_image.csv has the signed rho as sanity_spearman)
+    seconds_per_image, evals_per_image  cost of the explanation alone: wall seconds, and images
+                                     through the Predictor (SHAP, LIME, Score-CAM's masked
+                                     copies); a gradient CAM's forward+backward pass counts as 1
 
 Localisation needs a ground-truth mask (positives of the synthetic data): images without one get
 NaN in per_image.csv and, if no selected image has one, null in metrics.json (never 0). The

@@ -53,6 +53,8 @@ def run_pipeline(cfg: Config, workdir: str | Path, stages: tuple[str, ...] = STA
         else resolve_tracking_uri()
     if cfg.data.path and not Path(cfg.data.path).is_absolute():
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
+    if "keras" in sys.modules:  # an earlier job in this process: start from a clean Keras state
+        sys.modules["keras"].backend.clear_session()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with _env("MLFLOW_TRACKING_URI", store), contextlib.chdir(workdir):

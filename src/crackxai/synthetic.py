@@ -186,7 +186,7 @@ def _crack_mask(rng: np.random.Generator, size: int, difficulty: float) -> np.nd
     core = np.zeros((size, size), np.uint8)
     step = 3.0 * s
     for _ in range(1 + int(rng.random() < 0.3)):
-        w0 = _lerp(6.5, 1.2, difficulty) * rng.uniform(0.65, 1.35) * s
+        w0 = _lerp(7.5, 1.2, difficulty) * rng.uniform(0.65, 1.35) * s
         length = _lerp(1.5, 0.5, difficulty) * size * rng.uniform(0.7, 1.2)
         centre = rng.uniform(0.2, 0.8, 2) * size
         heading = rng.uniform(0, np.pi)

@@ -275,8 +275,10 @@ def fit_phase(model: keras.Model, phase: Phase, train_ds: tf.data.Dataset,
 def describe(phase: Phase, first_epoch: int) -> str:
     what = {None: "the whole network", 0: "the head (backbone frozen)"}.get(
         phase.unfreeze, f"the head and the top {phase.unfreeze} ResNet stage(s), BatchNorm frozen")
-    return (f"{phase.name}: training {what} for up to {phase.epochs} epoch(s) "
-            f"(epochs {first_epoch + 1}-{first_epoch + phase.epochs}), Adam lr={phase.lr:g}")
+    first, last = first_epoch + 1, first_epoch + phase.epochs
+    span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+    return f"{phase.name}: training {what} for up to {phase.epochs} epoch(s) ({span}), " \
+           f"Adam lr={phase.lr:g}"
 
 
 def save_model(model: keras.Model, path: Path = MODEL_FILE) -> None:
