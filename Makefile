@@ -3,6 +3,10 @@ PYTHON ?= python3
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(PYTHON) -m uv)
 
+# Byte-compiled caches matter here: every stage and many tests start a fresh Python that imports
+# TensorFlow, Keras and SHAP, and without .pyc files each start recompiles them (tens of seconds).
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: setup run test test-slow lint params bench clean
 
 setup:  ## install the locked environment into .venv

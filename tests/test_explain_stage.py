@@ -77,6 +77,25 @@ def test_explicit_images_out_of_range_is_a_config_error():
         explain.explicit_images([0, 7, -1], 5)
 
 
+def test_staged_outputs_swap_in_whole_and_only_on_success(tmp_path: Path):
+    dest = tmp_path / "reports" / "explain"
+    (dest / "maps" / "scorecam").mkdir(parents=True)
+    (dest / "maps" / "scorecam" / "000_1.npy").write_text("old")
+    (dest / "metrics.json").write_text("old")
+    (dest / ".gitignore").write_text("/maps\n")
+    with pytest.raises(RuntimeError), explain.staged_outputs(dest) as out:
+        (out / "metrics.json").write_text("half")
+        raise RuntimeError("killed")
+    assert (dest / "metrics.json").read_text() == "old"  # a failed run changes nothing
+    with explain.staged_outputs(dest) as out:
+        (out / "maps" / "gradcam").mkdir(parents=True)
+        (out / "metrics.json").write_text("new")
+    assert sorted(p.name for p in (dest / "maps").iterdir()) == ["gradcam"]
+    assert (dest / "metrics.json").read_text() == "new"
+    assert (dest / ".gitignore").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["explain"]  # staging removed
+
+
 # ---------------------------------------------------------------------------------------------
 # The stage on a tiny untrained model and test split
 # ---------------------------------------------------------------------------------------------
@@ -110,11 +129,24 @@ ENV_LEAKS = ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "M
              "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
 
 
-def copy_project(template: Path, dest: Path) -> Path:
-    """A fresh project from the template (its own MLflow store copy; the model is linked)."""
-    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("model.keras"))
+def copy_project(template: Path, dest: Path) -> tuple[Path, str]:
+    """A project from the template (model linked, data copied) with its own MLflow store holding
+    the model's run, as the train stage leaves it; returns (project, model run id)."""
+    import mlflow
+
+    from crackxai.config import load_config
+    from crackxai.tracking import start_model_run, write_run_file
+
+    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("model.keras", "mlflow.db*"))
     (dest / "models" / "model.keras").symlink_to(template / "models" / "model.keras")
-    return dest
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ENV_LEAKS:
+            mp.delenv(var, raising=False)
+        mp.chdir(dest)
+        run = start_model_run(load_config(["experiment=smoke"]))
+        write_run_file(run)
+        mlflow.end_run()
+    return dest, run.info.run_id
 
 
 def run_in_process(project: Path, *overrides: str) -> None:
@@ -133,14 +165,11 @@ def load_maps(project: Path) -> dict[Path, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A project with a tiny untrained 32x32 model, its MLflow run and a processed test split."""
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with a tiny untrained 32x32 model and a processed test split."""
     import keras
-    import mlflow
 
-    from crackxai.config import load_config
     from crackxai.model import build_model
-    from crackxai.tracking import start_model_run, write_run_file
 
     project = tmp_path_factory.mktemp("template")
     shutil.copytree(REPO / "conf", project / "conf")
@@ -149,30 +178,23 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     keras.utils.set_random_seed(0)
     (project / "models").mkdir()
     build_model(2, SIZE, weights=None).save(project / "models" / "model.keras")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ENV_LEAKS:
-            mp.delenv(var, raising=False)
-        mp.chdir(project)
-        run = start_model_run(load_config(["experiment=smoke"]))
-        write_run_file(run)
-        mlflow.end_run()
-    return {"project": project, "run_id": run.info.run_id}
+    return project
 
 
 @pytest.fixture(scope="module")
-def stage(template: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def stage(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The stage run once (gradcam and LIME, sanity check on) on a negative without a mask and a
     positive with one."""
-    project = copy_project(template["project"], tmp_path_factory.mktemp("stage") / "p")
+    project, run_id = copy_project(template, tmp_path_factory.mktemp("stage") / "p")
     run_in_process(project, "explain.images=[0,1]", f"explain.methods=[{','.join(FAST)}]")
-    return {**template, "project": project, "maps": load_maps(project)}
+    return {"project": project, "run_id": run_id, "maps": load_maps(project)}
 
 
 def check_outputs(project: Path, methods: list[str]) -> dict:
     """The files the stage promises, for `methods`; returns metrics.json."""
     out = project / "reports" / "explain"
-    assert {p.name for p in out.iterdir()} == {"maps", "overlays", "grid.png", "index.html",
-                                               "per_image.csv", "metrics.json"}
+    assert {p.name for p in out.iterdir()} - {".gitignore"} == {
+        "maps", "overlays", "grid.png", "index.html", "per_image.csv", "metrics.json"}
     assert sorted(p.name for p in (out / "maps").iterdir()) == sorted(methods)
     for method in methods:
         assert sorted(p.name for p in (out / "maps" / method).iterdir()) == ["000_0.npy",
@@ -265,10 +287,13 @@ def test_nested_mlflow_run(stage):
 
 def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
     """Same settings -> the same maps, whatever else runs. A rerun with fewer methods leaves no
-    file of the others, and data without masks gives null localisation (not 0)."""
-    project = copy_project(stage["project"], tmp_path / "p")
+    file of the others (but keeps files it does not write), and data without masks gives null
+    localisation (not 0)."""
+    project, _ = copy_project(stage["project"], tmp_path / "p")
     (project / "data" / "processed" / "test_masks.npy").unlink()
-    run_in_process(project, "explain.images=[0,1]", "explain.methods=[lime]")
+    (project / "reports" / "explain" / ".gitignore").write_text("/maps\n")  # as DVC leaves it
+    run_in_process(project, "explain.images=[0,1]", "explain.methods=[lime]",
+                   "explain.metrics.sanity=false")
     out = project / "reports" / "explain"
     maps = load_maps(project)
     assert sorted(maps) == sorted(p for p in stage["maps"] if p.parts[0] == "lime")
@@ -279,12 +304,13 @@ def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
     for method in ("lime", "random_baseline"):
         assert all(metrics[method][k] is None for k in LOCALISATION)
     assert not list(out.parent.glob(".explain*"))  # no staging folder left behind
+    assert (out / ".gitignore").read_text() == "/maps\n"
 
 
 @pytest.mark.slow
-def test_entry_point_all_six_methods(template: dict, tmp_path: Path):
+def test_entry_point_all_six_methods(template: Path, tmp_path: Path):
     """`python -m crackxai.explain experiment=smoke` with every method (~1-4 min on 2 cores)."""
-    project = copy_project(template["project"], tmp_path / "p")
+    project, run_id = copy_project(template, tmp_path / "p")
     res = subprocess.run([sys.executable, "-m", "crackxai.explain", "experiment=smoke",
                           "explain.images=[0,1]"], cwd=project, capture_output=True, text=True,
                          timeout=900, env={k: v for k, v in os.environ.items()
@@ -295,7 +321,7 @@ def test_entry_point_all_six_methods(template: dict, tmp_path: Path):
     metrics = check_outputs(project, list(EXPLAIN_METHODS))
     assert metrics["shap"]["evals_per_image"] > 10  # perturbations through the Predictor
     assert metrics["scorecam"]["evals_per_image"] == 16  # explain.scorecam.max_N masked copies
-    check_mlflow(project, template["run_id"], list(EXPLAIN_METHODS))
+    check_mlflow(project, run_id, list(EXPLAIN_METHODS))
     page = (project / "reports" / "explain" / "index.html").read_text()
     assert all(f"<th>{m}</th>" in page for m in EXPLAIN_METHODS)
 
@@ -319,10 +345,10 @@ def test_missing_model_exits_2_with_a_clear_message(project: Path, capsys):
     assert not (project / "reports").exists()
 
 
-def test_out_of_range_image_exits_2(template: dict, tmp_path: Path, capsys):
-    project = copy_project(template["project"], tmp_path / "p")
+def test_out_of_range_image_exits_2(project: Path, capsys):
+    write_processed(project / "data" / "processed")
     with pytest.raises(SystemExit) as exc:
-        run_in_process(project, f"explain.images=[1,{N_TEST}]")
+        run_stage("explain", explain.main, ["experiment=smoke", f"explain.images=[1,{N_TEST}]"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "explain.images" in err and f"0..{N_TEST - 1}" in err

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crackxai.cli import run_stage
 from crackxai.config import load_config
 from crackxai.errors import CrackxaiError
 from crackxai.model import (
@@ -103,12 +104,6 @@ def train_in(root: Path, overrides: list[str]) -> None:
         main(load_config(overrides))
 
 
-def run_cli(root: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_LEAKS}
-    return subprocess.run([sys.executable, "-m", "crackxai.train", *args], cwd=root, env=env,
-                          capture_output=True, text=True, **kwargs)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _reset_tf_globals():
     """main() enables op determinism and sets the precision policy process-wide: undo that for
@@ -147,6 +142,12 @@ def trained(tmp_path_factory, weights) -> Path:
     git_init(root)
     train_in(root, [*TINY, f"model.weights={weights['keras3']}"])
     return root
+
+
+@pytest.fixture(scope="module")
+def model(trained) -> keras.Model:
+    """The trained model as later stages load it."""
+    return load_model(trained / "models" / "model.keras")
 
 
 def backbone_value(model: keras.Model, path: str) -> np.ndarray:
@@ -201,8 +202,7 @@ def test_imagenet_offline_fails_fast(project, monkeypatch):
     assert not (project / "models").exists() and not (project / "mlflow.db").exists()
 
 
-def test_set_backbone_trainable(trained):
-    model = load_model(trained / "models" / "model.keras")
+def test_set_backbone_trainable(model):
     backbone = backbone_layers(model)
     set_backbone_trainable(model, None)
     assert all(layer.trainable for layer in backbone)
@@ -214,6 +214,7 @@ def test_set_backbone_trainable(trained):
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone
                    if layer.trainable)
     assert model.get_layer("predictions").trainable
+    set_backbone_trainable(model, 0)  # as loaded: trainable flags do not change predictions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,26 +233,25 @@ def test_outputs_and_history(trained):
     assert run["run_id"] and run["tracking_uri"] == f"sqlite:///{trained / 'mlflow.db'}"
 
 
-def test_saved_model_predicts_raw_uint8_in_fresh_process(trained):
+def test_saved_model_predicts_raw_uint8_in_fresh_process(trained, model):
     images = np.load(trained / "data" / "processed" / "val_images.npy")[:6]
     np.save(trained / "probe.npy", images)
-    code = ("import sys, numpy as np; from crackxai.model import load_model; "
+    # an eager call: the same computation as predict() without tracing a graph (test speed)
+    code = ("import numpy as np, keras; from crackxai.model import load_model; "
             "m = load_model('models/model.keras'); "
-            "np.save('probe_out.npy', m.predict(np.load('probe.npy'), verbose=0))")
+            "np.save('probe_out.npy', keras.ops.convert_to_numpy(m(np.load('probe.npy'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     fresh = np.load(trained / "probe_out.npy")
     assert fresh.shape == (6, 2) and fresh.dtype == np.float32
     np.testing.assert_allclose(fresh.sum(axis=1), 1, rtol=1e-5)
-    model = load_model(trained / "models" / "model.keras")
     first, second = model.predict(images, verbose=0), model.predict(images, verbose=0)
     np.testing.assert_array_equal(first, second)  # augmentation inactive at inference
     np.testing.assert_allclose(first, fresh, rtol=1e-5, atol=1e-6)
 
 
-def test_augmentation_is_in_the_model_and_active_only_in_training(trained):
-    model = load_model(trained / "models" / "model.keras")
+def test_augmentation_is_in_the_model_and_active_only_in_training(model):
     x = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
     augment = [model.get_layer("augment_flip"), model.get_layer("augment_translate")]
     def through(training):
@@ -260,13 +260,16 @@ def test_augmentation_is_in_the_model_and_active_only_in_training(trained):
             y = layer(y, training=training)
         return keras.ops.convert_to_numpy(y)
     np.testing.assert_array_equal(through(False), x)
+    np.testing.assert_array_equal(through(None), x)  # a plain call, as explainers make it
     assert not np.array_equal(through(True), x)
+    # so a plain model(x) is inference, the same as predict()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
 
 
-def test_phases_freeze_and_fine_tune_the_right_layers(trained, weights):
+def test_phases_freeze_and_fine_tune_the_right_layers(model, weights):
     """Phase 1 trained the head only; phase 2 changed conv5_ convolutions but no BatchNorm
     statistics (inference mode) and nothing below conv5_."""
-    model = load_model(trained / "models" / "model.keras")
     values = weights["values"]
     for path in ("conv1_conv/kernel", "conv4_block6_3_conv/kernel", "conv5_block3_3_bn/moving_mean",
                  "conv5_block1_1_bn/moving_variance", "conv2_block1_0_bn/moving_mean"):
@@ -275,7 +278,7 @@ def test_phases_freeze_and_fine_tune_the_right_layers(trained, weights):
                               values["conv5_block3_3_conv/kernel"])
 
 
-def test_same_config_twice_gives_identical_results(trained, weights, tmp_path):
+def test_same_config_twice_gives_identical_results(trained, model, weights, tmp_path):
     again = make_project(tmp_path / "again")
     train_in(again, [*TINY, f"model.weights={weights['keras3']}"])
     first = pd.read_csv(trained / "reports" / "train_history.csv")
@@ -283,8 +286,8 @@ def test_same_config_twice_gives_identical_results(trained, weights, tmp_path):
     pd.testing.assert_frame_equal(first, second, check_exact=True)
     images = np.load(again / "data" / "processed" / "val_images.npy")
     np.testing.assert_array_equal(
-        load_model(trained / "models" / "model.keras").predict(images, verbose=0),
-        load_model(again / "models" / "model.keras").predict(images, verbose=0))
+        keras.ops.convert_to_numpy(model(images)),
+        keras.ops.convert_to_numpy(load_model(again / "models" / "model.keras")(images)))
 
 
 def test_mlflow_run_content(trained):
@@ -314,22 +317,26 @@ def test_mlflow_run_content(trained):
     assert tags["crackxai.stage"] == "train"
 
 
-def test_unreachable_tracking_server_fails_before_training(project):
+def test_unreachable_tracking_server_fails_before_training(project, capsys):
+    """Through the entry point (`python -m crackxai.train` calls run_stage; run in-process to
+    spare a TensorFlow import): exit code 2, one short message, no training started."""
     write_processed(project)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    out = run_cli(project, f"tracking.uri=http://127.0.0.1:{port}", timeout=300)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "not reachable" in out.stderr and f"127.0.0.1:{port}" in out.stderr
-    assert "Traceback" not in out.stderr
-    assert "building ResNet50" not in out.stdout
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("train", main, [f"tracking.uri=http://127.0.0.1:{port}"])
+    assert exit_.value.code == 2
+    assert time.monotonic() - start < 15
+    out = capsys.readouterr()
+    assert "not reachable" in out.err and f"127.0.0.1:{port}" in out.err
+    assert "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
+    assert "building ResNet50" not in out.out
     assert not (project / "models").exists() and not (project / "reports").exists()
-    assert time.monotonic() - start < 120  # TF import included; the check itself is immediate
 
 
-def test_killed_run_resumes_from_last_finished_epoch(project, weights):
+def test_killed_run_resumes_from_last_finished_epoch(project, weights, capsys):
     make_args = ["train.epochs=3", "train.batch_size=8", "train.patience=5",
                  f"model.weights={weights['keras3']}"]
     write_processed(project, n_train=96)
@@ -351,10 +358,11 @@ def test_killed_run_resumes_from_last_finished_epoch(project, weights):
     assert 1 <= done < 3
     assert not (project / "models" / "model.keras").exists()
 
-    out = run_cli(project, *make_args, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"resuming after epoch {done}" in out.stdout
-    assert "Epoch 1/3" not in out.stdout and f"Epoch {done + 1}/3" in out.stdout
+    capsys.readouterr()
+    train_in(project, make_args)  # the rerun (in-process: spares a TensorFlow import)
+    out = capsys.readouterr().out
+    assert f"resuming after epoch {done}" in out and "(resumed)" in out
+    assert "Epoch 1/3" not in out and f"Epoch {done + 1}/3" in out
     history = pd.read_csv(project / "reports" / "train_history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
     assert not (project / "models" / ".train_state").exists()

@@ -4,8 +4,9 @@ maps are, and a self-contained HTML report; logged as a nested MLflow run under 
     python -m crackxai.explain [explain.methods=[gradcam,lime] explain.n_images=4 ...]
     python -m crackxai.explain --params params.yaml          # how dvc.yaml runs it
 
-Reads data/processed (test split), models/model.keras and models/mlflow_run.json. Writes, all at
-once (the folder is built aside and swapped in, so no file of an earlier run survives):
+Reads data/processed (test split), models/model.keras and models/mlflow_run.json. Writes (built
+in a temporary folder, then each output swapped in whole, so no map of an earlier run survives
+and a failed run changes nothing; other files there, such as DVC's .gitignore, are kept):
 
     reports/explain/maps/<method>/<row>_<index>.npy      raw (H, W) float32 map
     reports/explain/overlays/<method>/<row>_<index>.png  jet overlay of the positive evidence
@@ -44,6 +45,9 @@ import base64
 import contextlib
 import html
 import json
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -65,7 +69,7 @@ from crackxai.config import Config, to_dict
 from crackxai.dataset import Split, load_split
 from crackxai.errors import ConfigError, CrackxaiError, DataError
 from crackxai.explainers import explain
-from crackxai.io import atomic_dir, write_json, write_text
+from crackxai.io import write_json, write_text
 from crackxai.model import load_model
 from crackxai.paths import EXPLAIN_DIR, MODEL_FILE, PROCESSED_DIR, RUN_FILE
 from crackxai.predictor import Predictor
@@ -273,6 +277,24 @@ def random_baseline(sel: Selection, predictor: Predictor, cfg: Config) -> list[d
 
 
 @contextlib.contextmanager
+def staged_outputs(dest: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `dest` to build the outputs in; on success move each into
+    `dest`, a folder replacing the old folder whole (maps of methods no longer run disappear),
+    metrics.json last. Files in `dest` that the stage does not write are left alone."""
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir(), key=lambda p: (p.is_file(), p.name == "metrics.json")):
+            target = dest / item.name
+            if item.is_dir() and target.exists():
+                os.replace(target, staging / f".old-{item.name}")  # removed with the staging folder
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def record_warnings(method: str) -> Iterator[None]:
     """One log line per distinct warning of a method, instead of one per image and call."""
     with warnings.catch_warnings(record=True) as caught:
@@ -336,6 +358,7 @@ def main(cfg: Config) -> dict[str, Any]:
     if len(test) == 0:
         raise DataError(f"The test split in {PROCESSED_DIR} is empty: nothing to explain. "
                         "Rerun preprocess with preprocess.split.test > 0.")
+    explicit_images(list(e.images), len(test))  # bad indices fail before the model loads
     model = load_model(MODEL_FILE)
     model_run = read_run_file(RUN_FILE)["run_id"]  # fail before any work without the model's run
     check_inputs(cfg, model, test.images.shape[1], test.classes)
@@ -353,7 +376,7 @@ def main(cfg: Config) -> dict[str, Any]:
         log(STAGE, f"sanity check against a copy with '{e.metrics.randomize}' re-initialised "
                    f"({len(EM.randomized_layer_names(model, e.metrics.randomize))} layers)")
 
-    with resume_model_run(cfg, nested_name=STAGE) as run, atomic_dir(EXPLAIN_DIR) as out:
+    with resume_model_run(cfg, nested_name=STAGE) as run, staged_outputs(EXPLAIN_DIR) as out:
         mlflow.log_params({k: v for k, v in config_params(cfg).items()
                            if k.startswith("explain.") or k == "seed"})
         mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))

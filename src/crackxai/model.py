@@ -33,6 +33,24 @@ class ResNetPreprocess(layers.Layer):
         return keras.applications.resnet.preprocess_input(inputs)
 
 
+class _OnlyWhenTraining:
+    """Keras's random image layers default to `training=True`, so a plain `model(x)` call (as
+    Grad-CAM, SHAP or LIME make it) would augment. These augment only when training=True."""
+
+    def call(self, data, training=False):
+        return super().call(data, training=training)
+
+
+@keras.saving.register_keras_serializable(package="crackxai")
+class RandomFlip(_OnlyWhenTraining, layers.RandomFlip):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="crackxai")
+class RandomTranslation(_OnlyWhenTraining, layers.RandomTranslation):
+    pass
+
+
 def imagenet_cache_path() -> Path:
     """Where Keras caches the ImageNet notop weights: $KERAS_HOME/models, else ~/.keras/models."""
     home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
@@ -77,15 +95,16 @@ def build_model(
     flip: bool = True,
     translate: float = 0.1,
     seed: int = 42,
+    bn_momentum: float = 0.9,
 ) -> keras.Model:
     """ResNet50 backbone + global average pooling + softmax head, preprocessing included."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
     if flip:
-        x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
+        x = RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
     if translate > 0:
-        x = layers.RandomTranslation(translate, translate, fill_mode="reflect", seed=seed,
-                                     name="augment_translate")(x)
+        x = RandomTranslation(translate, translate, fill_mode="reflect", seed=seed,
+                              name="augment_translate")(x)
     # float32 even under mixed precision: the mean subtraction on 0-255 values stays exact
     x = ResNetPreprocess(name="resnet_preprocess", dtype="float32")(x)
     resolved = resolve_weights(weights)
@@ -100,6 +119,13 @@ def build_model(
             f"{RESNET50_NOTOP_FILE} or one written by `.save_weights()`), or use "
             "model.weights=null."
         ) from None
+    if resolved is None:
+        # From random init the BatchNorm moving statistics must catch up within a few hundred
+        # steps; Keras's default momentum 0.99 lags so far that validation accuracy collapses
+        # to chance while training accuracy is high.
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = bn_momentum
     x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     if dropout > 0:
         x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
