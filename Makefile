@@ -11,7 +11,7 @@ unexport PYTHONDONTWRITEBYTECODE
 
 setup:  ## install the locked environment into .venv
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --python 3.11
+	$(UV) sync --frozen --compile-bytecode --python 3.11
 
 run: setup  ## download -> preprocess -> train -> evaluate -> explain on the embedded synthetic data
 	$(UV) run --frozen dvc repro

@@ -10,7 +10,8 @@ configured as crackxai.train does it: seeds, op determinism, float32) trains --s
 measurement on (a) crackxai.train.make_dataset over the memory map (shuffled, gathered per batch,
 prefetched) and (b) the same images as in-memory tensors (tf.data slices of a constant). The two
 alternate --repeats times after a warm-up of each (tracing is not timed); the best of each is
-kept. A ratio near 1.0 means the pipeline keeps up with the model. `--mode head` (the default,
+kept. A ratio near 1.0 means the pipeline keeps up with the model; the pipeline's own rate
+without a model is printed too (its headroom). `--mode head` (the default,
 the backbone frozen as in phase 1 with pretrained weights) has the cheapest steps, so it is the
 hardest case for the pipeline.
 """
@@ -57,6 +58,15 @@ def steps_per_second(model: keras.Model, ds: tf.data.Dataset, steps: int) -> flo
     return steps / (time.perf_counter() - start)
 
 
+def batches_per_second(ds: tf.data.Dataset, batches: int) -> float:
+    it = iter(ds)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2048, help="images in the split")
@@ -87,6 +97,7 @@ def main() -> None:
         for _ in range(args.repeats):
             results["pipeline"].append(steps_per_second(model, pipeline, args.steps))
             results["in_memory"].append(steps_per_second(model, in_memory, args.steps))
+        alone = batches_per_second(make_dataset(split, args.batch, cfg.seed).repeat(), 100)
 
     best = {k: max(v) for k, v in results.items()}
     print(f"ResNet50 {args.size}x{args.size}, batch {args.batch}, {args.mode} training, "
@@ -94,6 +105,8 @@ def main() -> None:
     for name, values in results.items():
         print(f"  {name:10s} {best[name]:7.2f} steps/s  (runs: "
               + ", ".join(f"{v:.2f}" for v in values) + ")")
+    print(f"  pipeline alone (no model): {alone:.1f} batches/s, "
+          f"{alone / best['pipeline']:.0f}x the training step rate")
     print(f"ratio pipeline / in-memory: {best['pipeline'] / best['in_memory']:.3f}")
 
 

@@ -39,7 +39,7 @@ def test_params_file_path_is_what_dvc_runs(project):
 
 def test_presets_compose():
     smoke = load_config(["experiment=smoke"])
-    assert smoke.preprocess.image_size == 32 and smoke.train.epochs == 1
+    assert smoke.preprocess.image_size == 48 and smoke.train.epochs == 1
     kaggle = load_config(["experiment=kaggle"])
     assert kaggle.data.source == "kaggle" and kaggle.model.weights == "imagenet"
     assert kaggle.preprocess.image_size == 150

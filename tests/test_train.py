@@ -35,7 +35,7 @@ from crackxai.model import (
     set_backbone_trainable,
 )
 from crackxai.tracking import config_params
-from crackxai.train import backup_dir, main
+from crackxai.train import ResumableEarlyStopping, backup_dir, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -371,3 +371,48 @@ def test_killed_run_resumes_from_last_finished_epoch(project, weights, capsys):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")]
     assert sorted(set(steps)) == [1, 2, 3]
+
+
+def test_early_stopping_state_survives_a_resume(tmp_path):
+    """Resumed at epoch 3 of a run whose best epoch (1) was before the kill: patience keeps
+    counting from the saved history, and the best weights come back from the checkpoint."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")  # loss is fixed
+    x, y = np.ones((4, 2), "float32"), np.array([0, 1, 0, 1])
+    val_loss = float(model.evaluate(x, y, verbose=0))
+    kernel = model.layers[0].kernel
+    best = tmp_path / "best.weights.h5"
+    original = kernel.numpy()
+    kernel.assign(np.full(kernel.shape, 0.5, "float32"))
+    model.save_weights(best)
+    kernel.assign(original)
+    rows = [{"epoch": 1, "val_loss": val_loss - 0.1}, {"epoch": 2, "val_loss": val_loss + 0.1}]
+    model._initial_epoch = 2  # what BackupAndRestore sets on a resumed run
+    stop = ResumableEarlyStopping(rows, 0, best, patience=2)
+    history = model.fit(x, y, validation_data=(x, y), epochs=10, callbacks=[stop], verbose=0)
+    assert len(history.history["loss"]) == 1  # epoch 3 only: no improvement, patience used up
+    assert stop.best_epoch == 0
+    np.testing.assert_array_equal(kernel.numpy(), 0.5)
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_and_random_init(project):
+    """precision=mixed_bfloat16 with weights=null: the whole network trains, the model saves,
+    and it still outputs float32 probabilities."""
+    write_processed(project)
+    try:
+        main(load_config(["train.epochs=1", "train.batch_size=16",
+                          "train.precision=mixed_bfloat16"]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = load_model(project / "models" / "model.keras")
+    keras.utils.set_random_seed(42)  # as main() did before building: the same initial weights
+    initial = build_model(2, SIZE)
+    assert not np.array_equal(backbone_value(model, "conv1_conv/kernel"),
+                              backbone_value(initial, "conv1_conv/kernel"))  # backbone trained
+    assert model.get_layer("conv1_conv").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("resnet_preprocess").dtype_policy.name == "float32"
+    images = np.load(project / "data" / "processed" / "val_images.npy")
+    probs = model.predict(images, verbose=0)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-3)

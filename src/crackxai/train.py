@@ -284,7 +284,7 @@ def describe(phase: Phase, first_epoch: int) -> str:
 def save_model(model: keras.Model, path: Path = MODEL_FILE) -> None:
     """Atomically, without the optimizer: an uncompiled model sharing the trained layers is
     saved, so the file holds the weights only once (a third of the size with Adam's state)."""
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    inference = keras.Model(model.input, model.output, name=model.name)
     with atomic_path(path, suffix=".keras") as tmp:
         inference.save(tmp)
 
