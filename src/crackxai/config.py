@@ -82,8 +82,8 @@ class FineTuneConfig:
 class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 32
-    epochs: int = 8
-    patience: int = 3
+    epochs: int = 5
+    patience: int = 2
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     precision: str = "float32"
     deterministic: bool = True

@@ -206,6 +206,11 @@ def from_synthetic(cfg: Config, out: Path) -> list[Row]:
 
 def from_local(cfg: Config, out: Path, scratch: Path) -> list[Row]:
     src = Path(os.path.expanduser(str(cfg.data.path)))
+    if not src.is_absolute():
+        # relative to the user's project, also when DVC runs a queued copy under .dvc/tmp/exps
+        from crackxai.tracking import project_root
+
+        src = project_root() / src
     if not src.exists():
         raise DataError(
             f"data.path '{src}' does not exist. Set data.path to a folder or .zip with one "

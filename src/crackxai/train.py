@@ -335,6 +335,9 @@ def main(cfg: Config) -> Path:
                 continue
             log(STAGE, describe(phase, epoch))
             fit_phase(model, phase, train_ds, val_ds, epoch, rows, cfg, state_dir)
+            best = min((r for r in rows if r["epoch"] > epoch), key=lambda r: r["val_loss"])
+            log(STAGE, f"{phase.name}: kept epoch {best['epoch']} (lowest val_loss "
+                       f"{best['val_loss']:.4f}, val_accuracy {best['val_accuracy']:.4f})")
             epoch = rows[-1]["epoch"]
             with atomic_path(state_dir / phase.name / "done.weights.h5", ".weights.h5") as tmp:
                 model.save_weights(tmp)
@@ -342,9 +345,7 @@ def main(cfg: Config) -> Path:
 
         save_model(model, MODEL_FILE)
         write_history_csv(rows)
-        log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs, "
-                   f"val_loss {rows[-1]['val_loss']:.4f}, val_accuracy "
-                   f"{rows[-1]['val_accuracy']:.4f} at the last epoch)")
+        log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
         mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
         write_run_file(run)
     except BaseException as exc:  # the state stays: a rerun resumes this run
