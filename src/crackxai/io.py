@@ -24,6 +24,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(0o644)  # mkstemp makes it 0600; the result is an ordinary output file
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
