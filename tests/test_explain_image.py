@@ -63,7 +63,8 @@ def test_pipeline_model_all_methods(project, capsys, model_dir, image_file):
         assert (folder / extra).stat().st_size > 0
     report = json.loads((folder / "predictions.json").read_text())
     assert report["target"] == 2 and report["target_name"] == "concrete"
-    assert report["layer"] == "conv5_block3_out" and report["input_size"] == [32, 32]
+    # at 32 px conv5_block3_out is 1x1: the last map >= explain.cam_min_size (7) is conv2's 8x8
+    assert report["layer"] == "conv2_block3_out" and report["input_size"] == [32, 32]
     assert [t["name"] for t in report["top"]] != [] and len(report["top"]) == 3  # all 3 classes
     assert "Top-3 predictions" in out
     for name in ("asphalt", "brick", "concrete"):
@@ -79,7 +80,7 @@ def test_named_imagenet_model_with_random_weights(project, capsys, image_file, t
     assert code == 0, err
     assert "Top-5 predictions" in out
     report = json.loads((out_dir / "predictions.json").read_text())
-    assert report["layer"] == "block5_conv3" and len(report["top"]) == 5
+    assert report["layer"] == "block3_conv3" and len(report["top"]) == 5  # 8x8 at 32 px
     assert sorted(p.name for p in out_dir.glob("*.npy")) == [
         "faster_scorecam.npy", "gradcam.npy", "lime.npy"]
     assert (out_dir / "grid.png").is_file()

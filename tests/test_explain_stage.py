@@ -267,7 +267,10 @@ def test_stage_outputs_and_metrics(stage):
     metrics = check_outputs(stage["project"], FAST)
     assert metrics["gradcam"]["evals_per_image"] == 1  # forward+backward counted as 1
     assert metrics["lime"]["evals_per_image"] == 40  # explain.lime.num_samples in the smoke preset
-    assert metrics["gradcam"]["sanity_abs_spearman"] is None  # 1x1 feature map: constant maps
+    page = (stage["project"] / "reports" / "explain" / "index.html").read_text()
+    # at 32 px conv5_block3_out is 1x1 (constant CAMs): the stage picks conv2_block3_out (8x8),
+    # the last feature map of at least explain.cam_min_size (7) pixels a side
+    assert "CAM layer: <code>conv2_block3_out</code>" in page
 
 
 def test_index_html_is_self_contained(stage):
@@ -282,7 +285,25 @@ def test_index_html_is_self_contained(stage):
 
 
 def test_nested_mlflow_run(stage):
+    import mlflow
+
     check_mlflow(stage["project"], stage["run_id"], FAST)
+    client = mlflow.MlflowClient(f"sqlite:///{stage['project'] / 'mlflow.db'}")
+    child = client.search_runs([client.get_run(stage["run_id"]).info.experiment_id],
+                               f"tags.mlflow.parentRunId = '{stage['run_id']}'")[0]
+    assert child.data.tags["crackxai.explain.cam_layer"] == "conv2_block3_out"
+    assert child.data.params["explain.layer"] == "None"  # as configured: chosen automatically
+
+
+def test_unknown_cam_layer_exits_2_naming_the_key(template: Path, tmp_path: Path, capsys):
+    project, _ = copy_project(template, tmp_path / "p")
+    with pytest.raises(SystemExit) as exc:
+        run_in_process(project, "explain.layer=conv9_block1_out", "explain.methods=[gradcam]")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "CAM layer 'conv9_block1_out'" in err and "explain.layer" in err
+    assert "conv5_block3_out" in err and "Traceback" not in err
+    assert not (project / "reports" / "explain").exists()
 
 
 def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):

@@ -56,6 +56,7 @@ def small_cfg() -> ExplainConfig:
     cfg.lime.batch_size = 20
     cfg.scorecam.max_N = 8  # of 2048 feature maps: keeps the test fast
     cfg.faster_scorecam.max_N = 4
+    cfg.cam_min_size = 1  # conv5_block3_out (2x2), where the head above fixes the evidence's sign
     return cfg
 
 
@@ -112,8 +113,18 @@ def test_target_changes_the_map(model, predictor, images):
     assert g1.max() > 0 and not g0.any()  # class 0 has only negative evidence: ReLU'd away
 
 
+def test_cam_layer_is_the_last_feature_map_of_at_least_cam_min_size(model):
+    assert find_last_conv_layer(model) == "conv5_block3_out"  # 2x2 at 64 px
+    assert find_last_conv_layer(model, min_size=4) == "conv4_block6_out"
+    assert find_last_conv_layer(model, min_size=ExplainConfig().cam_min_size) == "conv3_block4_out"
+    assert find_last_conv_layer(model, min_size=1000) == "conv5_block3_out"  # none: the last
+    full = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    assert find_last_conv_layer(full, min_size=7) == "conv5_block3_out"  # 7x7 at 224 px
+    vgg = keras.applications.VGG16(weights=None, include_top=False, input_shape=(None, None, 3))
+    assert find_last_conv_layer(vgg, min_size=7) == "block5_conv3"  # unknown size: the last
+
+
 def test_last_conv_layer_and_layer_override(model, predictor, images):
-    assert find_last_conv_layer(model) == "conv5_block3_out"
     cfg = small_cfg()
     default = explain("gradcam", model, predictor, images[:1], [1], cfg, seed=0)
     conv4 = explain("gradcam", model, predictor, images[:1], [1], cfg, seed=0,

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -38,12 +41,15 @@ def sh(*cmd: str, cwd: Path, timeout: float = 300, check: bool = True) -> subpro
 
 
 def make_project(dest: Path) -> Path:
-    """A fresh clone: the checkout's tracked and new (not ignored) files, in a new git repo."""
+    """A fresh clone: the checkout's tracked and new (not ignored) files, in a new git repo;
+    not the outputs of a pipeline run in this checkout (dvc.lock, data/, models/, reports/ are
+    untracked until a user commits them)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.splitlines()
+    run_outputs = ("tests/", "data/", "models/", "reports/", "dvc.lock")
     for rel in files:
         src = REPO / rel
-        if src.is_file() and not rel.startswith("tests/"):
+        if src.is_file() and not rel.startswith(run_outputs):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     sh("git", "init", "-q", cwd=dest)
@@ -165,3 +171,69 @@ def test_hydra_multirun_jobs_in_own_folders(tmp_path: Path) -> None:
     assert sorted(float(r.data.params["train.lr"]) for r in runs) == [1e-4, 1e-3]
     assert all("test/accuracy" in r.data.metrics for r in runs)
     assert sh("git", "status", "--porcelain", cwd=proj).stdout == ""
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.mark.slow
+def test_explain_only_change_reruns_only_explain(tmp_path: Path) -> None:
+    """`dvc exp run -S explain.shap.max_evals=...` after a full run: DVC reruns the explain stage
+    alone (every other stage's deps and params are unchanged), and the new value is recorded."""
+    need_stages()
+    proj = make_project(tmp_path / "proj")
+    first = sh("dvc", "exp", "run", "-S", "experiment=smoke", cwd=proj, timeout=1800)
+    assert stages_run(first.stdout) == list(STAGE_MODULES), first.stdout[-3000:]
+    second = sh("dvc", "exp", "run", "-S", "experiment=smoke", "-S", "explain.shap.max_evals=80",
+                cwd=proj, timeout=1800)
+    assert stages_run(second.stdout) == ["explain"], second.stdout[-3000:]
+    for stage in STAGE_MODULES[:-1]:
+        assert f"Stage '{stage}' didn't change, skipping" in second.stdout
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    assert params["explain"]["shap"]["max_evals"] == 80
+    assert params["train"]["epochs"] == 1  # still the smoke preset
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=proj).stdout)
+    max_evals = sorted(rev["data"]["params"]["params.yaml"]["data"]["explain"]["shap"]["max_evals"]
+                       for baseline in shown for branch in baseline.get("experiments") or []
+                       for rev in branch["revs"] if rev.get("name"))
+    assert max_evals == [64, 80]  # two experiments, the smoke preset's value and the override
+
+
+@pytest.mark.slow
+def test_real_sample_end_to_end(tmp_path: Path, crack_sample: Path) -> None:
+    """`dvc exp run -S experiment=real_sample` on the first 300 real images per class (they hold
+    one byte-identical pair): de-duplicated, split without leaks, trained, evaluated and explained
+    without masks (localisation null, not 0). The images stay out of git."""
+    need_stages()
+    proj = make_project(tmp_path / "proj")
+    run = sh("dvc", "exp", "run", "-S", "experiment=real_sample",
+             "-S", f"data.path={crack_sample}", "-S", "data.limit_per_class=300",
+             "-S", "train.epochs=3", "-S", "explain.n_images=4",
+             "-S", "explain.methods=[gradcam,faster_scorecam,lime]",
+             "-S", "explain.lime.num_samples=100", "-S", "explain.metrics.steps=5",
+             cwd=proj, timeout=1800)
+    assert stages_run(run.stdout) == list(STAGE_MODULES), run.stdout[-3000:]
+
+    quality = json.loads((proj / "reports" / "data_quality.json").read_text())
+    assert quality["total"] == 600 and quality["rejected"] == 0
+    assert [(d["path"], d["duplicate_of"]) for d in quality["duplicate_files"]] == [
+        ("Negative/00271.jpg", "Negative/00160.jpg")]
+    assert quality["kept"] == 599
+    splits = {name: pd.read_csv(proj / "data" / "processed" / f"{name}.csv")
+              for name in ("train", "val", "test")}
+    assert sum(len(s) for s in splits.values()) == 599
+    hashes = [set(s["sha256"]) for s in splits.values()]
+    assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2])
+
+    test = json.loads((proj / "reports" / "metrics.json").read_text())["test"]
+    assert test["accuracy"] >= 0.8, test  # 3 epochs from random init on ~420 real images
+    explained = json.loads((proj / "reports" / "explain" / "metrics.json").read_text())
+    assert explained["images"]["with_mask"] == 0
+    for method in ("gradcam", "faster_scorecam", "lime", "random_baseline"):
+        for key in ("pointing_game", "energy_pointing_game", "topk_iou"):
+            assert explained[method][key] is None
+        assert 0 <= explained[method]["deletion_auc"] <= 1
+    assert (proj / "reports" / "explain" / "grid.png").is_file()
+    tracked = sh("git", "ls-files", cwd=proj).stdout.splitlines()
+    assert not [f for f in tracked if f.lower().endswith((".jpg", ".npy", ".keras"))]

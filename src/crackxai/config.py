@@ -123,7 +123,7 @@ class LimeConfig:
     num_features: int = 5
     positive_only: bool = True
     hide_rest: bool = False
-    hide_color: int | None = 0
+    hide_color: int | None = None  # None: each superpixel's mean colour (see conf/explain)
     batch_size: int = 50
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
@@ -146,6 +146,7 @@ class ExplainConfig:
     max_misclassified: int = 3
     target: int | None = None
     layer: str | None = None
+    cam_min_size: int = 7  # layer=null: last feature map at least this many pixels a side
     methods: list[str] = field(default_factory=lambda: list(EXPLAIN_METHODS))
     batch_size: int = 64
     shap: ShapConfig = field(default_factory=ShapConfig)
@@ -236,6 +237,7 @@ def _check_values(cfg: Config) -> None:
     masker = e.shap.masker
     _check(masker in ("inpaint_telea", "inpaint_ns") or parse_blur_kernel(masker) is not None,
            "explain.shap.masker", masker, "inpaint_telea | inpaint_ns | blur(k,k), e.g. blur(15,15)")
+    _check(e.cam_min_size >= 1, "explain.cam_min_size", e.cam_min_size, "an integer >= 1")
     _check(e.shap.max_evals > 1, "explain.shap.max_evals", e.shap.max_evals, "an integer > 1")
     _check(e.shap.batch_size > 0, "explain.shap.batch_size", e.shap.batch_size, "> 0")
     _check(e.lime.num_samples > 0, "explain.lime.num_samples", e.lime.num_samples, "> 0")

@@ -51,7 +51,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ from crackxai.cli import log, run_stage
 from crackxai.config import Config, to_dict
 from crackxai.dataset import Split, load_split
 from crackxai.errors import ConfigError, CrackxaiError, DataError
-from crackxai.explainers import explain
+from crackxai.explainers import CAM_METHODS, explain, resolve_layer
 from crackxai.io import write_json, write_text
 from crackxai.model import load_model
 from crackxai.paths import EXPLAIN_DIR, MODEL_FILE, PROCESSED_DIR, RUN_FILE
@@ -150,7 +150,8 @@ def explicit_images(images: list[int], n_test: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_inputs(cfg: Config, model: keras.Model, image_size: int, classes: list[str]) -> None:
+def check_inputs(cfg: Config, model: keras.Model, image_size: int,
+                 classes: list[str]) -> str | None:
     e = cfg.explain
     if not e.methods:
         raise ConfigError("explain.methods is empty: name at least one method, e.g. "
@@ -165,11 +166,12 @@ def check_inputs(cfg: Config, model: keras.Model, image_size: int, classes: list
     if e.target is not None and e.target >= len(classes):
         raise ConfigError(f"explain.target={e.target} but the model has {len(classes)} classes "
                           f"{classes}: use 0..{len(classes) - 1}, or null for the predicted class.")
-    names = [layer.name for layer in model.layers]
-    if e.layer is not None and e.layer not in names:
-        conv = [n for n in names if n.endswith("_out")][-3:]
-        raise ConfigError(f"explain.layer={e.layer!r} is not a layer of '{MODEL_FILE}' (e.g. "
-                          f"{', '.join(conv)}). Use a layer name, or null for the last conv layer.")
+    if any(m in CAM_METHODS for m in e.methods):
+        try:
+            return resolve_layer(model, e.layer, e.cam_min_size)
+        except CrackxaiError as err:
+            raise ConfigError(f"{err} (model file: {MODEL_FILE})") from None
+    return None
 
 
 @dataclass
@@ -361,7 +363,11 @@ def main(cfg: Config) -> dict[str, Any]:
     explicit_images(list(e.images), len(test))  # bad indices fail before the model loads
     model = load_model(MODEL_FILE)
     model_run = read_run_file(RUN_FILE)["run_id"]  # fail before any work without the model's run
-    check_inputs(cfg, model, test.images.shape[1], test.classes)
+    layer = check_inputs(cfg, model, test.images.shape[1], test.classes)
+    if layer:
+        log(STAGE, f"CAM layer {layer} {tuple(model.get_layer(layer).output.shape[1:])}"
+                   + ("" if e.layer else f" (last feature map >= {e.cam_min_size} px a side)"))
+    resolved = replace(cfg, explain=replace(e, layer=layer or e.layer))
     keras.utils.set_random_seed(cfg.seed)
     predictor = Predictor(model, batch_size=e.batch_size)
     sel = prepare(cfg, test, predictor)
@@ -380,12 +386,14 @@ def main(cfg: Config) -> dict[str, Any]:
         mlflow.log_params({k: v for k, v in config_params(cfg).items()
                            if k.startswith("explain.") or k == "seed"})
         mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))
+        if layer:
+            mlflow.set_tag("crackxai.explain.cam_layer", layer)
         records: list[dict[str, Any]] = []
         maps_by_method: dict[str, np.ndarray] = {}
         for method in e.methods:
             log(STAGE, f"{method}: explaining {len(sel.rows)} images")
             maps_by_method[method], method_records = run_method(method, sel, model, predictor,
-                                                                sanity, cfg, out)
+                                                                sanity, resolved, out)
             records += method_records
         if e.metrics.faithfulness or e.metrics.localisation:
             log(STAGE, "random baseline: the same metrics for uninformative maps")
@@ -399,6 +407,7 @@ def main(cfg: Config) -> dict[str, Any]:
         render.comparison_grid(sel.images, maps_by_method,
                                [row_title(r) for _, r in sel.info.iterrows()], out / "grid.png")
         run_info = {"model run": model_run, "explain run": run.info.run_id,
+                    **({"CAM layer": layer} if layer else {}),
                     "tracking store": redact(mlflow.get_tracking_uri())}
         write_text(out / "index.html", report_html(out / "grid.png", metrics, cfg, run_info,
                                                    test.classes, test.images.shape[1]))

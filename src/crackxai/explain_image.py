@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="input size for a model without a fixed one and for the ImageNet "
                         f"classifiers (default {IMAGENET_SIZE})")
     p.add_argument("--layer", default=None,
-                   help="feature-map layer for the CAM methods (default: the last one)")
+                   help="feature-map layer for the CAM methods (default: the last one at least "
+                        "explain.cam_min_size pixels a side)")
     p.add_argument("--weights", choices=("imagenet", "none"), default="imagenet",
                    help="ImageNet classifiers only: 'none' = random weights, to try it offline")
     p.add_argument("overrides", nargs="*",
@@ -301,7 +302,7 @@ def explain_image(args: argparse.Namespace) -> Path:
                           f"(0..{len(probs) - 1}).")
     layer = args.layer or cfg.explain.layer
     if any(m in CAM_METHODS for m in methods):
-        layer = resolve_layer(model, layer)
+        layer = resolve_layer(model, layer, cfg.explain.cam_min_size)
     log(STAGE, f"explaining class {target} ({names[target]}, p={probs[target]:.4f}) with "
                f"{', '.join(methods)}" + (f"; CAM layer {layer}" if layer else ""))
 

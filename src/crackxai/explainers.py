@@ -12,9 +12,10 @@
 Larger values are always more evidence FOR the target class. CAM maps are tf-keras-vis's output,
 upsampled to the input size and normalised to [0, 1] per image.
 
-CAMs read the last convolutional feature map (`find_last_conv_layer`; `conv5_block3_out` for the
-crackxai ResNet50, which is built flat so tf-keras-vis can reach it), or the layer named by
-`explain.layer`. As in tf-keras-vis's own examples the softmax is made linear first
+CAMs read the last convolutional feature map of at least `explain.cam_min_size` (7) pixels a side
+(`find_last_conv_layer`: `conv5_block3_out` for ResNet50 at 224 px, `conv3_block4_out` at the
+default 64 px; the crackxai ResNet50 is built flat so tf-keras-vis can reach them), or the layer
+named by `explain.layer`. As in tf-keras-vis's own examples the softmax is made linear first
 (`ReplaceToLinear` on a copy of the model, so gradients are those of the class logit) and the class
 is picked with `CategoricalScore`. Score-CAM's masked images go through the shared Predictor: it
 returns log-probabilities, which tf-keras-vis softmaxes back into exactly the probabilities a
@@ -65,11 +66,18 @@ def feature_map_layers(model: keras.Model) -> list[str]:
             and _output_rank(layer) == 4]
 
 
-def find_last_conv_layer(model: keras.Model) -> str:
-    """The last feature-map layer: `conv5_block3_out` in the crackxai ResNet50.
+def _spatial_size(layer: keras.layers.Layer) -> int:
+    h, w = layer.output.shape[1:3]
+    return min(h, w) if h is not None and w is not None else 1 << 30  # unknown: any size
 
-    Pooling layers are skipped (they only lower the resolution: VGG16 gives `block5_conv3`, as in
-    the keras.io Grad-CAM example, not `block5_pool`).
+
+def find_last_conv_layer(model: keras.Model, min_size: int = 1) -> str:
+    """The last feature-map layer at least `min_size` x `min_size`, else the last one.
+
+    With `min_size=7` (explain.cam_min_size) a ResNet50 at 224 px gives `conv5_block3_out` (7x7),
+    as in the keras.io Grad-CAM example; at 64 px that map is 2x2, too coarse to point at a thin
+    crack, so the CAMs read `conv3_block4_out` (8x8) instead. Pooling layers are skipped (they only
+    lower the resolution: VGG16 gives `block5_conv3`, not `block5_pool`).
     """
     names = feature_map_layers(model)
     if not names:
@@ -85,13 +93,14 @@ def find_last_conv_layer(model: keras.Model) -> str:
             "is not connected to inputs\"). Build the model flat (keras.applications with "
             "input_tensor=..., as crackxai.model.build_model does), or use method shap or lime."
         )
-    return last.name
+    large = [n for n in names if _spatial_size(model.get_layer(n)) >= min_size]
+    return large[-1] if large else last.name
 
 
-def resolve_layer(model: keras.Model, layer: str | None) -> str:
-    """`layer` checked against the model, or the last feature map when None."""
+def resolve_layer(model: keras.Model, layer: str | None, min_size: int = 1) -> str:
+    """`layer` checked against the model, or (None) `find_last_conv_layer(model, min_size)`."""
     if not layer:
-        return find_last_conv_layer(model)
+        return find_last_conv_layer(model, min_size)
     names = [each.name for each in model.layers]
     if layer not in names or _output_rank(model.get_layer(layer)) != 4:
         valid = feature_map_layers(model)[-6:]
@@ -99,7 +108,7 @@ def resolve_layer(model: keras.Model, layer: str | None) -> str:
         raise CrackxaiError(
             f"CAM layer '{layer}' (explain.layer / --layer): model '{model.name}' {why}. "
             f"Feature-map layers near the top: {', '.join(valid) or 'none'}. Use one of them, or "
-            "leave the layer unset (null) to use the last one."
+            "leave the layer unset (null) to pick one automatically (explain.cam_min_size)."
         )
     return layer
 
@@ -273,7 +282,8 @@ def explain(method: str, model: keras.Model, predictor: Predictor, images: np.nd
             layer: str | None = None) -> np.ndarray:
     """(N, H, W) float32 attribution maps at input resolution for images (N, H, W, 3) uint8 RGB;
     larger = more evidence FOR `targets[i]`. Deterministic for a seed. `layer` (else
-    `cfg.layer`, else the last feature map) is the CAM methods' layer."""
+    `cfg.layer`, else the last feature map of at least `cfg.cam_min_size` pixels a side) is the
+    CAM methods' layer."""
     if method not in METHODS:
         raise CrackxaiError(f"Unknown explanation method '{method}'. Choose from: "
                             f"{', '.join(METHODS)}.")
@@ -295,5 +305,5 @@ def explain(method: str, model: keras.Model, predictor: Predictor, images: np.nd
                 for im, t in zip(images, targets, strict=True)]
     else:
         maps = _cams(method, model, predictor, images, targets, cfg,
-                     resolve_layer(model, layer or cfg.layer))
+                     resolve_layer(model, layer or cfg.layer, cfg.cam_min_size))
     return np.nan_to_num(np.asarray(maps, np.float32)).reshape(images.shape[:3])
