@@ -197,14 +197,13 @@ def _curve_figure(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title:
     return fig
 
 
-def _calibration_figure(bins: dict[str, np.ndarray], title: str, what: str) -> Figure:
+def _calibration_figure(bins: dict[str, np.ndarray], title: str, what: str,
+                        ece: float) -> Figure:
     fig = Figure(figsize=(4.8, 5.4))
     ax, hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
     ax.plot(bins["mean_predicted"], bins["fraction_positive"], "o-", label="model")
-    ece = np.sum(bins["count"] * np.abs(bins["mean_predicted"] - bins["fraction_positive"]))
-    ax.set(ylim=(-0.01, 1.01), ylabel="fraction positive",
-           title=f"{title}, ECE {ece / max(np.sum(bins['count']), 1):.3f}")
+    ax.set(ylim=(-0.01, 1.01), ylabel="fraction positive", title=f"{title}, ECE {ece:.3f}")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     hist.bar(bins["mean_predicted"], bins["count"], width=0.08, color="tab:blue", alpha=0.6)
@@ -300,22 +299,23 @@ def write_plots(s: Scores, plots_dir: Path, image_of: Callable[[int], np.ndarray
     _write_csv(pd.DataFrame(c["roc"]), plots_dir / "roc.csv")
     _write_csv(pd.DataFrame(c["pr"]), plots_dir / "pr.csv")
     _write_csv(pd.DataFrame(c["calibration"]), plots_dir / "calibration.csv")
-    fpr, tpr = c["roc"]["fpr"], c["roc"]["tpr"]
-    recall, precision = c["pr"]["recall"], c["pr"]["precision"]
+    summary = M.threshold_free(y, score)
+    auc = f", AUC {summary['roc_auc']:.3f}" if "roc_auc" in summary else ""
+    ap = f", AP {summary['average_precision']:.3f}" if "average_precision" in summary else ""
     predicted = s.predicted
     classes = np.asarray(s.classes, dtype=object)
     _write_csv(pd.DataFrame({"actual": classes[s.labels], "predicted": classes[predicted]}),
                plots_dir / "confusion.csv")
 
     figures = {
-        "roc.png": _curve_figure(fpr, tpr, "False positive rate", "True positive rate",
-                                 f"ROC curve ({set_name})",
-                                 f"{what}, AUC {np.trapezoid(tpr, fpr):.3f}", ([0, 1], [0, 1])),
-        "pr.png": _curve_figure(recall, precision, "Recall", "Precision",
-                                f"Precision-recall curve ({set_name})",
-                                f"{what}, AP {-np.sum(np.diff(recall) * precision[:-1]):.3f}",
+        "roc.png": _curve_figure(c["roc"]["fpr"], c["roc"]["tpr"], "False positive rate",
+                                 "True positive rate", f"ROC curve ({set_name})", what + auc,
+                                 ([0, 1], [0, 1])),
+        "pr.png": _curve_figure(c["pr"]["recall"], c["pr"]["precision"], "Recall", "Precision",
+                                f"Precision-recall curve ({set_name})", what + ap,
                                 ([0, 1], [float(np.mean(y))] * 2), step=True),
-        "calibration.png": _calibration_figure(c["calibration"], f"Calibration ({set_name})", what),
+        "calibration.png": _calibration_figure(c["calibration"], f"Calibration ({set_name})", what,
+                                               summary["ece"]),
         "confusion_matrix.png": _confusion_figure(
             M.confusion_matrix(s.labels, predicted, len(s.classes)), s.classes,
             f"Confusion matrix ({set_name}" + (f", threshold {s.threshold:.3f})" if s.binary

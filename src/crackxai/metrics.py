@@ -122,11 +122,18 @@ def binary_report(y_true: np.ndarray, score: np.ndarray, probs: np.ndarray,
     `y_true` holds class indices, `probs` the (N, 2) softmax, `score` = probs[:, positive].
     """
     y = np.asarray(y_true) == positive
-    out: dict[str, float] = {"n": len(y), **at_threshold(y, score, threshold)}
+    return {"n": len(y), **at_threshold(y, score, threshold), **threshold_free(y, score),
+            "log_loss": log_loss(y_true, probs)}
+
+
+def threshold_free(y_true: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """ROC AUC and average precision (only when both classes are present) and ECE of a binary
+    problem (y_true: 1 = positive)."""
+    y = np.asarray(y_true).astype(bool)
+    out: dict[str, float] = {}
     if _both_classes(y):
         out["roc_auc"] = float(roc_auc_score(y, score))
         out["average_precision"] = float(average_precision_score(y, score))
-    out["log_loss"] = log_loss(y_true, probs)
     out["ece"] = expected_calibration_error(y, score)
     return out
 
