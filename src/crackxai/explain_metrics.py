@@ -123,9 +123,12 @@ def _valid_mask(mask: np.ndarray | None) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def dilate(mask: np.ndarray, tolerance: int) -> np.ndarray:
-    """Pixels within `tolerance` px (Euclidean) of the mask."""
+def dilate(mask: np.ndarray, tolerance: int | None = None) -> np.ndarray:
+    """Pixels within `tolerance` px (Euclidean) of the mask; by default `pointing_tolerance` of
+    the mask's size."""
     mask = np.asarray(mask) > 0
+    if tolerance is None:
+        tolerance = pointing_tolerance(mask.shape)
     if tolerance <= 0:
         return mask
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
@@ -148,8 +151,6 @@ def pointing_game(attribution: np.ndarray, mask: np.ndarray | None,
     mask = _valid_mask(mask)
     if mask is None:
         return float("nan")
-    if tolerance is None:
-        tolerance = pointing_tolerance(mask.shape)
     attribution = np.asarray(attribution, dtype=np.float64)
     peaks = attribution == attribution.max()
     return float(dilate(mask, tolerance)[peaks].mean())
@@ -160,8 +161,6 @@ def pointing_game_chance(mask: np.ndarray | None, tolerance: int | None = None) 
     mask = _valid_mask(mask)
     if mask is None:
         return float("nan")
-    if tolerance is None:
-        tolerance = pointing_tolerance(mask.shape)
     return float(dilate(mask, tolerance).mean())
 
 
