@@ -21,6 +21,7 @@ from crackxai import explain
 from crackxai.cli import run_stage
 from crackxai.config import EXPLAIN_METHODS
 from crackxai.errors import ConfigError
+from crackxai.io import staged_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -83,11 +84,11 @@ def test_staged_outputs_swap_in_whole_and_only_on_success(tmp_path: Path):
     (dest / "maps" / "scorecam" / "000_1.npy").write_text("old")
     (dest / "metrics.json").write_text("old")
     (dest / ".gitignore").write_text("/maps\n")
-    with pytest.raises(RuntimeError), explain.staged_outputs(dest) as out:
+    with pytest.raises(RuntimeError), staged_outputs(dest) as out:
         (out / "metrics.json").write_text("half")
         raise RuntimeError("killed")
     assert (dest / "metrics.json").read_text() == "old"  # a failed run changes nothing
-    with explain.staged_outputs(dest) as out:
+    with staged_outputs(dest) as out:
         (out / "maps" / "gradcam").mkdir(parents=True)
         (out / "metrics.json").write_text("new")
     assert sorted(p.name for p in (dest / "maps").iterdir()) == ["gradcam"]

@@ -45,9 +45,6 @@ import base64
 import contextlib
 import html
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -69,7 +66,7 @@ from crackxai.config import Config, to_dict
 from crackxai.dataset import Split, load_split
 from crackxai.errors import ConfigError, CrackxaiError, DataError
 from crackxai.explainers import CAM_METHODS, explain, resolve_layer
-from crackxai.io import write_json, write_text
+from crackxai.io import staged_outputs, write_json, write_text
 from crackxai.model import load_model
 from crackxai.paths import EXPLAIN_DIR, MODEL_FILE, PROCESSED_DIR, RUN_FILE
 from crackxai.predictor import Predictor
@@ -276,24 +273,6 @@ def random_baseline(sel: Selection, predictor: Predictor, cfg: Config) -> list[d
             scores["pointing_game"] = EM.pointing_game_chance(sel.masks[n])
         records.append({"row": n, "method": RANDOM_BASELINE, **scores})
     return records
-
-
-@contextlib.contextmanager
-def staged_outputs(dest: Path) -> Iterator[Path]:
-    """Yield an empty folder beside `dest` to build the outputs in; on success move each into
-    `dest`, a folder replacing the old folder whole (maps of methods no longer run disappear),
-    metrics.json last. Files in `dest` that the stage does not write are left alone."""
-    dest.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        yield staging
-        for item in sorted(staging.iterdir(), key=lambda p: (p.is_file(), p.name == "metrics.json")):
-            target = dest / item.name
-            if item.is_dir() and target.exists():
-                os.replace(target, staging / f".old-{item.name}")  # removed with the staging folder
-            os.replace(item, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager

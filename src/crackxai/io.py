@@ -51,6 +51,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_outputs(dest: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside `dest` to build the outputs in; on success move each into
+    `dest`, a folder replacing the old folder whole (maps of methods no longer run disappear),
+    metrics.json last. Files in `dest` that are not written (DVC's .gitignore) are left alone:
+    unlike `atomic_dir`, which replaces the folder itself."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir(), key=lambda p: (p.is_file(), p.name == "metrics.json")):
+            target = dest / item.name
+            if item.is_dir() and target.exists():
+                os.replace(target, staging / f".old-{item.name}")  # removed with the staging folder
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
