@@ -12,7 +12,7 @@ Reference, as in the notebooks this replaces:
         call per batch of 50. (The notebooks' literal `model(x)` would also run the augmentation
         layers of the crackxai model, making the attributions random; see crackxai/predictor.py.)
   lime  explain_instance(..., classifier_fn=model.predict, batch_size=10), lime's default.
-Ours: crackxai.explainers.explain through the shared Predictor (lime with
+Ours: crackxai.xai.explainers.explain through the shared Predictor (lime with
 explain.lime.batch_size=50). The two runs must give the same attributions (np.allclose).
 The CAM methods call tf-keras-vis either way: their seconds per image only.
 
@@ -36,17 +36,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from crackxai.config import EXPLAIN_METHODS, ExplainConfig  # noqa: E402
-from crackxai.explainers import (  # noqa: E402
+from crackxai.core.paths import MODEL_FILE  # noqa: E402
+from crackxai.data.synthetic import render  # noqa: E402
+from crackxai.models.io import load_model
+from crackxai.models.predictor import Predictor  # noqa: E402
+from crackxai.models.resnet import build_model  # noqa: E402
+from crackxai.xai.explainers import (  # noqa: E402
     explain,
     lime_explanation,
     lime_map,
     shap_explanation,
     shap_map,
 )
-from crackxai.model import build_model, load_model  # noqa: E402
-from crackxai.paths import MODEL_FILE  # noqa: E402
-from crackxai.predictor import Predictor  # noqa: E402
-from crackxai.synthetic import render  # noqa: E402
 
 SEED = 42
 

@@ -65,7 +65,7 @@ def generate(cache: Path, n: int) -> Path:
 def run_stage(project: Path, image_size: int, workers: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process, all threads) of one stage run."""
     from crackxai.config import load_config
-    from crackxai.preprocess import main
+    from crackxai.stages.preprocess import main
 
     os.chdir(project)
     shutil.rmtree("data/processed", ignore_errors=True)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from crackxai.synthetic import write_dataset
+from crackxai.data.synthetic import write_dataset
 
 
 def timed(out: Path, n: int, workers: int) -> tuple[float, list]:

@@ -5,9 +5,9 @@
     .venv/bin/python benchmarks/train_pipeline.py --n 4096 --steps 40 --repeats 3
 
 A processed split of --n random 64x64 images is written to a temp folder as preprocess writes it,
-then loaded memory-mapped with crackxai.dataset.load_split. The same model (built, compiled and
-configured as crackxai.train does it: seeds, op determinism, float32) trains --steps steps per
-measurement on (a) crackxai.train.make_dataset over the memory map (shuffled, gathered per batch,
+then loaded memory-mapped with crackxai.data.processed.load_split. The same model (built, compiled and
+configured as crackxai.stages.train does it: seeds, op determinism, float32) trains --steps steps per
+measurement on (a) crackxai.stages.train.make_dataset over the memory map (shuffled, gathered per batch,
 prefetched) and (b) the same images as in-memory tensors (tf.data slices of a constant). The two
 alternate --repeats times after a warm-up of each (tracing is not timed); the best of each is
 kept. A ratio near 1.0 means the pipeline keeps up with the model; the pipeline's own rate
@@ -29,13 +29,13 @@ import numpy as np
 import tensorflow as tf
 
 from crackxai.config import Config
-from crackxai.dataset import load_split
-from crackxai.model import build_model, set_backbone_trainable
-from crackxai.train import configure_runtime, make_dataset
+from crackxai.data.processed import load_split
+from crackxai.models.resnet import build_model, set_backbone_trainable
+from crackxai.stages.train import configure_runtime, make_dataset
 
 
 def write_split(root: Path, n: int, size: int) -> Path:
-    """A processed 'train' split of random images in crackxai.dataset's format."""
+    """A processed 'train' split of random images in crackxai.data.processed's format."""
     out = root / "processed"
     out.mkdir(parents=True)
     (out / "classes.json").write_text(json.dumps({"classes": ["Negative", "Positive"],

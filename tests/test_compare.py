@@ -11,10 +11,10 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
-from crackxai.compare import compare, differing_params, load_runs, main
 from crackxai.config import validate
-from crackxai.errors import CrackxaiError
-from crackxai.tracking import config_params
+from crackxai.core.errors import CrackxaiError
+from crackxai.tools.compare import compare, differing_params, load_runs, main
+from crackxai.tracking.runs import config_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from crackxai.config import Config, compose, load_config, parse_blur_kernel, to_dict
-from crackxai.errors import ConfigError
-from crackxai.params import write_params
+from crackxai.config.params import write_params
+from crackxai.core.errors import ConfigError
 
 from .conftest import REPO
 

@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from crackxai import download
 from crackxai.config import load_config
-from crackxai.errors import CrackxaiError, DataError
+from crackxai.core.errors import CrackxaiError, DataError
+from crackxai.data.manifest import MANIFEST_COLUMNS
+from crackxai.stages import download
 
 FAKE_KEY = "f4k3-k4ggl3-k3y-0123456789abcdef"
 
@@ -54,7 +55,7 @@ def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
 def check_outputs(rows: list[dict], source: str) -> None:
     """Manifest == files on disk, hashes and sizes right, masks only where listed."""
     manifest = read_manifest()
-    assert [list(r) for r in manifest[:1]] == [list(download.MANIFEST_COLUMNS)]
+    assert [list(r) for r in manifest[:1]] == [list(MANIFEST_COLUMNS)]
     assert len(manifest) == len(rows)
     on_disk = sorted(p.relative_to("data/raw").as_posix() for p in Path("data/raw").rglob("*")
                      if p.is_file() and not p.relative_to("data/raw").parts[0].startswith("_"))

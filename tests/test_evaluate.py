@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crackxai import evaluate
-from crackxai.cli import run_stage
-from crackxai.errors import CrackxaiError
-from crackxai.evaluate import Scores, compute_metrics, flatten_metrics, write_plots
-from crackxai.evaluate_folder import evaluate_folder
-from crackxai.evaluate_folder import main as folder_main
+from crackxai.core.entry import run_stage
+from crackxai.core.errors import CrackxaiError
+from crackxai.evaluation.plots import write_plots
+from crackxai.evaluation.scores import Scores, compute_metrics, flatten_metrics, positive_index
+from crackxai.stages import evaluate
+from crackxai.tools.evaluate_folder import evaluate_folder
+from crackxai.tools.evaluate_folder import main as folder_main
 
 SIZE = 32
 CLASSES = ["Negative", "Positive"]
@@ -32,7 +33,7 @@ def _images(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarr
 
 
 def write_processed(d: Path, sizes: dict[str, int]) -> None:
-    """A tiny dataset in the crackxai.dataset format."""
+    """A tiny dataset in the crackxai.data.processed format."""
     rng = np.random.default_rng(0)
     d.mkdir(parents=True)
     (d / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE}))
@@ -65,7 +66,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Built once per module: a tiny untrained 32x32 model, a processed dataset, a JPEG folder."""
     import keras
 
-    from crackxai.model import build_model
+    from crackxai.models.resnet import build_model
 
     root = tmp_path_factory.mktemp("assets")
     keras.utils.set_random_seed(0)
@@ -96,7 +97,7 @@ def test_stage_end_to_end(project: Path, assets: dict):
     import mlflow
 
     from crackxai.config import load_config
-    from crackxai.tracking import start_model_run, write_run_file
+    from crackxai.tracking.runs import start_model_run, write_run_file
 
     install(project, assets)
     run = start_model_run(load_config(["experiment=smoke"]))
@@ -154,10 +155,10 @@ def test_stage_without_run_file_fails_clearly(project: Path, assets: dict, capsy
 
 def test_unknown_positive_class_is_a_config_error():
     with pytest.raises(evaluate.ConfigError, match="evaluate.positive_class"):
-        evaluate.positive_index(CLASSES, "Crack")
-    assert evaluate.positive_index(CLASSES) == 1
-    assert evaluate.positive_index(["Positive", "negative"]) == 0
-    assert evaluate.positive_index(["cracked", "intact"], "cracked") == 0
+        positive_index(CLASSES, "Crack")
+    assert positive_index(CLASSES) == 1
+    assert positive_index(["Positive", "negative"]) == 0
+    assert positive_index(["cracked", "intact"], "cracked") == 0
 
 
 def test_report_writer_without_errors_and_multiclass(tmp_path: Path):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from crackxai import explain_metrics as EM
+from crackxai.xai import metrics as EM
 
 
 class KeyPixelPredictor:

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crackxai import explain
-from crackxai.cli import run_stage
 from crackxai.config import EXPLAIN_METHODS
-from crackxai.errors import ConfigError
-from crackxai.io import staged_outputs
+from crackxai.core.entry import run_stage
+from crackxai.core.errors import ConfigError
+from crackxai.core.io import staged_outputs
+from crackxai.stages import explain
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -136,7 +136,7 @@ def copy_project(template: Path, dest: Path) -> tuple[Path, str]:
     import mlflow
 
     from crackxai.config import load_config
-    from crackxai.tracking import start_model_run, write_run_file
+    from crackxai.tracking.runs import start_model_run, write_run_file
 
     shutil.copytree(template, dest, ignore=shutil.ignore_patterns("model.keras", "mlflow.db*"))
     (dest / "models" / "model.keras").symlink_to(template / "models" / "model.keras")
@@ -170,7 +170,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with a tiny untrained 32x32 model and a processed test split."""
     import keras
 
-    from crackxai.model import build_model
+    from crackxai.models.resnet import build_model
 
     project = tmp_path_factory.mktemp("template")
     shutil.copytree(REPO / "conf", project / "conf")

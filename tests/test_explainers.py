@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from crackxai.config import ExplainConfig
-from crackxai.errors import CrackxaiError
-from crackxai.explainers import METHODS, explain, find_last_conv_layer, linear_model
-from crackxai.model import build_model, load_model
-from crackxai.predictor import Predictor
-from crackxai.synthetic import render
+from crackxai.core.errors import CrackxaiError
+from crackxai.data.synthetic import render
+from crackxai.models.io import load_model
+from crackxai.models.predictor import Predictor
+from crackxai.models.resnet import build_model
+from crackxai.xai.explainers import METHODS, explain, find_last_conv_layer, linear_model
 
 SIZE = 64
 
@@ -199,7 +200,7 @@ def test_linear_copy_follows_the_model_weights(model, predictor, images):
 def test_partition_tree_is_shaps_own():
     import shap
 
-    from crackxai.explainers import _masker_class
+    from crackxai.xai.explainers import _masker_class
 
     for shape in [(8, 8, 3), (64, 48, 3)]:
         ours = _masker_class()("inpaint_telea", shape).clustering

@@ -1,4 +1,4 @@
-"""crackxai.metrics against scikit-learn on fixed predictions, and hand-computed cases."""
+"""crackxai.evaluation.metrics against scikit-learn on fixed predictions, and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from sklearn import calibration
 from sklearn import metrics as skm
 
-from crackxai import metrics as M
+from crackxai.evaluation import metrics as M
 
 # Fixed binary predictions: 40 images, both classes, a few confident mistakes, some ties.
 RNG = np.random.default_rng(0)

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from crackxai import dataset
 from crackxai.config import load_config
-from crackxai.errors import DataError
-from crackxai.preprocess import main
+from crackxai.core.errors import DataError
+from crackxai.data import processed as dataset
+from crackxai.stages.preprocess import main
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = Path("data/raw")

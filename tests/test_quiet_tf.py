@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from crackxai.quiet_tf import filtered_stderr
+from crackxai.core.quiet_tf import filtered_stderr
 
 
 def test_importing_tensorflow_after_crackxai_prints_nothing() -> None:

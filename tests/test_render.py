@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crackxai import render
+from crackxai.xai import render
 
 
 @pytest.fixture

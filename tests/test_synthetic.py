@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from crackxai import synthetic
+from crackxai.data import synthetic
 
 
 def decode(jpg: bytes) -> np.ndarray:

@@ -17,8 +17,8 @@ import mlflow
 import pytest
 import requests
 
-from crackxai import tracking
 from crackxai.config import validate
+from crackxai.tracking import runs as tracking
 
 VENV_BIN = Path(sys.executable).parent
 N_WRITERS = 3

@@ -21,21 +21,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crackxai.cli import run_stage
 from crackxai.config import load_config
-from crackxai.errors import CrackxaiError
-from crackxai.model import (
+from crackxai.core.entry import run_stage
+from crackxai.core.errors import CrackxaiError
+from crackxai.models.io import load_model
+from crackxai.models.resnet import (
     LAST_CONV_LAYER,
     RESNET50_NOTOP_FILE,
     ResNetPreprocess,
-    _online,
     backbone_layers,
     build_model,
-    load_model,
+    imagenet_reachable,
     set_backbone_trainable,
 )
-from crackxai.tracking import config_params
-from crackxai.train import ResumableEarlyStopping, backup_dir, main
+from crackxai.stages.train import ResumableEarlyStopping, backup_dir, main
+from crackxai.tracking.runs import config_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ CLASSES = ["Negative", "Positive"]
 
 def write_processed(root: Path, n_train: int = 48, n_val: int = 16, size: int = 32,
                     seed: int = 0) -> Path:
-    """A tiny data/processed in crackxai.dataset's format: grey noise, a dark line on positives."""
+    """A tiny data/processed in crackxai.data.processed's format: grey noise, a dark line on positives."""
     rng = np.random.default_rng(seed)
     out = root / "data" / "processed"
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def git_init(root: Path) -> str:
 
 
 def train_in(root: Path, overrides: list[str]) -> None:
-    """crackxai.train.main in `root`, as the stage runs there (cwd, no leaking env)."""
+    """crackxai.stages.train.main in `root`, as the stage runs there (cwd, no leaking env)."""
     with pytest.MonkeyPatch.context() as mp:
         for var in ENV_LEAKS:
             mp.delenv(var, raising=False)
@@ -185,7 +185,7 @@ def test_bad_weights_give_short_errors(project):
 
 
 def test_imagenet_offline_fails_fast(project, monkeypatch):
-    if _online():
+    if imagenet_reachable():
         pytest.skip("this machine can reach the weights server")
     write_processed(project)
     home = project / "home"
@@ -237,7 +237,7 @@ def test_saved_model_predicts_raw_uint8_in_fresh_process(trained, model):
     images = np.load(trained / "data" / "processed" / "val_images.npy")[:6]
     np.save(trained / "probe.npy", images)
     # an eager call: the same computation as predict() without tracing a graph (test speed)
-    code = ("import numpy as np, keras; from crackxai.model import load_model; "
+    code = ("import numpy as np, keras; from crackxai.models.resnet import load_model; "
             "m = load_model('models/model.keras'); "
             "np.save('probe_out.npy', keras.ops.convert_to_numpy(m(np.load('probe.npy'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True,

@@ -1,5 +1,5 @@
-"""crackxai: explainable concrete-crack classification."""
+"""crackxai: explainable concrete-crack classification.
 
-from crackxai.quiet_tf import install as _quiet_tensorflow
-
-_quiet_tensorflow()
+Importing the package has no side effects; the entry points (crackxai.cli) set up logging and
+filter TensorFlow's start-up noise.
+"""

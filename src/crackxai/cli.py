@@ -1,40 +1,48 @@
-"""Shared entry-point plumbing: config from the command line, short errors instead of tracebacks."""
+"""The `crackxai` command: `crackxai <stage|tool> [args]`, the same as `python -m crackxai.<name>`.
+
+    crackxai train experiment=smoke           # a stage, Hydra overrides or --params params.yaml
+    crackxai explain_image --model m.keras --image photo.jpg
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
 
-from crackxai.config import Config, load_config
-from crackxai.errors import CrackxaiError
+from crackxai.core import quiet_tf
+from crackxai.stages import STAGES
+from crackxai.tools import TOOLS
 
-USAGE = """usage: python -m crackxai.{stage} [key=value | group=option ...]
-       python -m crackxai.{stage} --params params.yaml [key=value ...]
-
-Without --params, conf/ is composed with Hydra overrides (e.g. data=local data.path=/imgs
-train.lr=1e-4 experiment=smoke). With --params (how dvc.yaml runs it) the given parameter file
-is read as it is. Either way the result is validated before any work starts."""
+USAGE = (f"usage: crackxai <command> [args]\n  stages: {', '.join(STAGES)}\n"
+         f"  tools:  {', '.join(TOOLS)}\n`crackxai <command> --help` for a command's options.")
 
 
-def log(stage: str, message: str) -> None:
-    """One progress line per step: what the stage does and where its outputs go."""
-    print(f"[crackxai.{stage}] {message}", flush=True)
-
-
-def fail(stage: str, message: str, code: int = 2) -> None:
-    print(f"crackxai.{stage}: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
-
-
-def run_stage(stage: str, main: Callable[[Config], object], argv: list[str] | None = None) -> None:
-    """Parse the stage's command line, run it, and turn CrackxaiError into a one-paragraph error."""
+def run(name: str, argv: list[str] | None = None) -> None:
+    """Run stage or tool `name` with `argv` (default: the process's arguments)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE.format(stage=stage))
+    quiet_tf.install()  # before any module that imports TensorFlow
+    if name in STAGES:
+        from crackxai.core.entry import run_stage
+
+        module = importlib.import_module(f"crackxai.stages.{name}")
+        run_stage(name, module.main, args)
+    elif name == "params":
+        importlib.import_module("crackxai.config.params").main(args)
+    elif name in TOOLS:
+        result = importlib.import_module(f"crackxai.tools.{name}").main(args)
+        if isinstance(result, int):
+            sys.exit(result)
+    else:
+        sys.exit(f"crackxai: unknown command {name!r}.\n{USAGE}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
         return
-    try:
-        main(load_config(args))
-    except CrackxaiError as exc:
-        fail(stage, str(exc))
-    except KeyboardInterrupt:
-        fail(stage, "interrupted; outputs are written atomically, rerun to continue.", code=130)
+    run(args[0], args[1:])
+
+
+if __name__ == "__main__":
+    main()

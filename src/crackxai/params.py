@@ -1,24 +1,6 @@
-"""Regenerate params.yaml from conf/ exactly as `dvc exp run -S ...` does (DVC's own composer).
-
-    python -m crackxai.params [override ...]     # e.g. experiment=smoke
-"""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-from crackxai.config import find_conf_dir
-
-
-def write_params(output: str | Path = "params.yaml", overrides: list[str] | None = None) -> None:
-    from dvc.utils.hydra import compose_and_dump
-
-    conf_dir = find_conf_dir().resolve()
-    compose_and_dump(Path(output), str(conf_dir), None, "config", str(conf_dir.parent),
-                     list(overrides or []))
-
+"""`python -m crackxai.params`: regenerate params.yaml from conf/ (crackxai.config.params)."""
 
 if __name__ == "__main__":
-    write_params("params.yaml", sys.argv[1:])
-    print("[crackxai.params] wrote params.yaml")
+    from crackxai.cli import run
+
+    run("params")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crackxai.errors import DataError
-from crackxai.paths import PROCESSED_DIR
+from crackxai.core.errors import DataError
+from crackxai.core.paths import PROCESSED_DIR
 
 SPLITS = ("train", "val", "test")
 
@@ -70,3 +70,26 @@ def load_split(name: str, processed_dir: str | Path = PROCESSED_DIR, mmap: bool 
     masks = np.load(files["masks"], mmap_mode=mode) if files["masks"].is_file() else None
     records = pd.read_csv(d / f"{name}.csv")
     return Split(name, images, labels, masks, records, classes)
+
+
+def write_split(out: Path, name: str, idx: np.ndarray, rows: pd.DataFrame,
+                staged: np.ndarray, staged_masks: np.ndarray | None) -> None:
+    """{name}_images.npy, _labels.npy, (_masks.npy) and {name}.csv for the rows `idx`."""
+    size = staged.shape[1]
+    images = np.lib.format.open_memmap(out / f"{name}_images.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(idx), size, size, 3))
+    masks = (np.lib.format.open_memmap(out / f"{name}_masks.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(idx), size, size))
+             if staged_masks is not None else None)
+    for start in range(0, len(idx), 2048):
+        part = idx[start:start + 2048]
+        images[start:start + len(part)] = staged[part]
+        if masks is not None:
+            masks[start:start + len(part)] = staged_masks[part]
+    images.flush()
+    if masks is not None:
+        masks.flush()
+    np.save(out / f"{name}_labels.npy", rows["label"].to_numpy()[idx].astype(np.int64))
+    records = rows.loc[idx, ["path", "label", "class", "sha256", "has_mask"]].reset_index(drop=True)
+    records.insert(0, "index", np.arange(len(idx)))
+    records.to_csv(out / f"{name}.csv", index=False)

@@ -39,8 +39,8 @@ import keras
 import numpy as np
 
 from crackxai.config import EXPLAIN_METHODS, ExplainConfig, parse_blur_kernel
-from crackxai.errors import CrackxaiError
-from crackxai.predictor import Predictor
+from crackxai.core.errors import CrackxaiError
+from crackxai.models.predictor import Predictor
 
 METHODS = EXPLAIN_METHODS
 CAM_METHODS = ("gradcam", "gradcam_pp", "scorecam", "faster_scorecam")
@@ -91,7 +91,7 @@ def find_last_conv_layer(model: keras.Model, min_size: int = 1) -> str:
             f"Model '{model.name}' has its convolutional backbone nested as a sub-model "
             f"('{last.name}'); tf-keras-vis cannot reach the feature maps inside it (\"Output ... "
             "is not connected to inputs\"). Build the model flat (keras.applications with "
-            "input_tensor=..., as crackxai.model.build_model does), or use method shap or lime."
+            "input_tensor=..., as crackxai.models.resnet.build_model does), or use method shap or lime."
         )
     large = [n for n in names if _spatial_size(model.get_layer(n)) >= min_size]
     return large[-1] if large else last.name

@@ -2,7 +2,7 @@
 
 Every function takes numpy arrays (an image is (H, W, 3) 0-255 RGB, a map (H, W) where larger means
 more evidence FOR the target class, a mask (H, W) 0/1) and, where the model is needed, a predictor:
-any callable (N, H, W, 3) -> (N, C) probabilities, e.g. crackxai.predictor.Predictor.
+any callable (N, H, W, 3) -> (N, C) probabilities, e.g. crackxai.models.predictor.Predictor.
 
 - Faithfulness (Petsiuk et al. 2018, "RISE"): delete the most important pixels first (replace them
   with a baseline) and watch the target probability fall; insert them first into the baseline and

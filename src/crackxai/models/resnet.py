@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from crackxai.errors import CrackxaiError
+from crackxai.core.errors import CrackxaiError
 
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_NOTOP_URL = (
@@ -57,7 +57,7 @@ def imagenet_cache_path() -> Path:
     return Path(home) / "models" / RESNET50_NOTOP_FILE
 
 
-def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+def imagenet_reachable(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -71,7 +71,7 @@ def resolve_weights(weights: str | None) -> str | None:
         return None
     if weights == "imagenet":
         cache = imagenet_cache_path()
-        if cache.is_file() or _online():
+        if cache.is_file() or imagenet_reachable():
             return "imagenet"  # Keras loads from its cache or downloads into it
         raise CrackxaiError(
             f"model.weights=imagenet: the ImageNet weights are not cached at '{cache}' and "
@@ -153,18 +153,3 @@ def set_backbone_trainable(model: keras.Model, unfreeze_stages: int | None) -> N
             layer.trainable = layer.name.startswith(stages) if stages else False
 
 
-def load_model(path: str | Path) -> keras.Model:
-    """Load a saved classifier, with a clear error for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrackxaiError(
-            f"Model file '{path}' not found. Train one with `dvc repro train` "
-            "(or `python -m crackxai.train`), or pass the path of a saved .keras model."
-        )
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises several types for bad files
-        raise CrackxaiError(
-            f"Cannot load model '{path}': {str(exc).splitlines()[0]}. "
-            "Expected a Keras 3 .keras file saved by crackxai.train or keras.Model.save()."
-        ) from None

@@ -19,22 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from crackxai.config import Config, flatten, to_dict
-from crackxai.errors import CrackxaiError
-from crackxai.io import write_json
-from crackxai.paths import RUN_FILE
-
-EXPS_TMP_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
-
-
-def project_root() -> Path:
-    """The user's project: DVC_ROOT (set by DVC for every stage, the parent repo for queued
-    experiments), else the part of the working directory above .dvc/tmp/exps, else the cwd."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    cwd = str(Path.cwd().resolve())
-    if EXPS_TMP_MARKER in cwd + os.sep:
-        return Path((cwd + os.sep).split(EXPS_TMP_MARKER, 1)[0])
-    return Path(cwd)
+from crackxai.core.errors import CrackxaiError
+from crackxai.core.io import write_json
+from crackxai.core.paths import RUN_FILE, project_root
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -221,3 +208,10 @@ def resume_model_run(cfg: Config, path: str | Path = RUN_FILE, nested_name: str 
                               tags={**run_tags(nested_name), "crackxai.parent_run": info["run_id"]}
                               ) as child:
             yield child
+
+
+def _terminate_run(run_id: str) -> None:
+    import mlflow
+
+    with contextlib.suppress(Exception):  # a run in another store or deleted: nothing to close
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")

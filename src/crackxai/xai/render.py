@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from crackxai.io import atomic_path
+from crackxai.core.io import atomic_path
 
 matplotlib.use("Agg")  # files only, no display
 

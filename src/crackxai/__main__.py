@@ -1,0 +1,5 @@
+"""`python -m crackxai <stage|tool> [args]`."""
+
+from crackxai.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Cross-cutting plumbing: errors, atomic I/O, logging, entry points, project layout."""

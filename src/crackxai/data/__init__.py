@@ -1,0 +1,1 @@
+"""Data: sources (synthetic, kaggle, local), decoding, the manifest, curation and the processed format."""

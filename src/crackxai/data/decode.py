@@ -1,0 +1,124 @@
+"""Reading image and mask files: one decode path for training data, folders and single photos."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
+
+
+def decode_image(data: bytes, size: int,
+                 min_source_size: int) -> tuple[np.ndarray | None, str, str, tuple[int, int]]:
+    """Bytes of one file -> (RGB uint8 (size, size, 3), "", note, source (h, w)) or
+    (None, reason, detail, (0, 0)). `note` names a conversion ("grayscale", "16-bit") or is "".
+    """
+    if not data:
+        return None, "empty", "zero bytes", (0, 0)
+    # A JPEG without its end-of-image marker was cut short; some decoders return a partial image.
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return None, "truncated", "JPEG without its end-of-image marker (FFD9)", (0, 0)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS)
+    except cv2.error as exc:
+        return None, "not_an_image", f"OpenCV cannot decode it: {str(exc).strip()[:120]}", (0, 0)
+    if img is None:
+        reason = "truncated" if data[:8] == b"\x89PNG\r\n\x1a\n" else "not_an_image"
+        return None, reason, "OpenCV cannot decode it", (0, 0)
+    h, w = img.shape[:2]
+    if h < min_source_size or w < min_source_size:
+        return None, "too_small", f"{w}x{h} < preprocess.min_source_size={min_source_size}", (0, 0)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if img.dtype not in (np.uint8, np.uint16) or channels not in (1, 3):
+        return None, "unsupported_format", f"{channels} channel(s) of {img.dtype}", (0, 0)
+    note = ""
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+        note = "16-bit"
+    if channels == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        note = note or "grayscale"
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), "", note, (h, w)
+
+
+def decode_mask(data: bytes, shape: tuple[int, int], size: int) -> tuple[np.ndarray | None, str]:
+    """Bytes of a crack mask -> ((size, size) uint8 0/1, "") or (None, problem).
+
+    Any non-zero source pixel is crack. Area-resizing gives each output pixel its crack fraction;
+    keeping every pixel > 0 means a one-pixel crack survives a 227 -> 64 downscale.
+    """
+    try:
+        m = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS) if data else None
+    except cv2.error:
+        m = None
+    if m is None:
+        return None, "mask cannot be decoded"
+    if m.shape[:2] != shape:
+        return None, f"mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}"
+    if m.ndim == 3:
+        m = m.max(axis=2)
+    crack = (m > 0).astype(np.float32)
+    return (cv2.resize(crack, (size, size), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8), ""
+
+
+def load_file(job: tuple[str, str, int, int]) -> dict[str, Any]:
+    """Read, hash, check and resize one file (and its mask); never raises on a bad file."""
+    path, mask_path, size, min_source_size = job
+    out: dict[str, Any] = {"sha256": "", "reason": "", "detail": "", "note": "",
+                           "image": None, "mask": None, "mask_problem": ""}
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        out.update(reason="missing", detail="listed in the manifest but not on disk")
+        return out
+    except OSError as exc:
+        out.update(reason="unreadable", detail=exc.strerror or type(exc).__name__)
+        return out
+    out["sha256"] = hashlib.sha256(data).hexdigest()
+    image, reason, info, shape = decode_image(data, size, min_source_size)
+    if image is None:
+        out.update(reason=reason, detail=info)
+        return out
+    out.update(image=image, note=info)
+    if mask_path:
+        try:
+            out["mask"], out["mask_problem"] = decode_mask(Path(mask_path).read_bytes(), shape, size)
+        except OSError as exc:
+            out["mask_problem"] = f"mask cannot be read: {exc.strerror or type(exc).__name__}"
+    return out
+
+
+def decode_all(jobs: list[tuple[str, str, int, int]], staged: np.ndarray,
+               staged_masks: np.ndarray | None, workers: int) -> list[dict[str, Any]]:
+    """Run `load_file` on every job, writing row i of `staged` (and `staged_masks`) as it goes.
+
+    Threads, not processes: OpenCV's decode/resize, hashlib and file reads release the GIL, and
+    there is neither fork (a forked child can deadlock in OpenCV's thread pool) nor the start-up
+    cost of spawn. OpenCV's own threads are switched off meanwhile: `workers` is the parallelism.
+    """
+    def load_row(i: int) -> dict[str, Any]:
+        res = load_file(jobs[i])
+        image, mask = res.pop("image"), res.pop("mask")
+        if image is not None:
+            staged[i] = image
+        if mask is not None and staged_masks is not None:
+            staged_masks[i] = mask
+        res["has_mask"] = mask is not None
+        return res
+
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            it = pool.map(load_row, range(len(jobs))) if workers else map(load_row, range(len(jobs)))
+            return list(tqdm(it, total=len(jobs), desc="decode+resize", unit="img"))
+    finally:
+        cv2.setNumThreads(cv_threads)

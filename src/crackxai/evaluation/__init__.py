@@ -1,0 +1,1 @@
+"""Evaluation: scores, metrics and plots of a classifier on labelled images."""

@@ -1,0 +1,57 @@
+"""Loading, saving and checking a saved classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from crackxai.core.errors import CrackxaiError
+from crackxai.core.io import atomic_path
+from crackxai.core.paths import MODEL_FILE
+from crackxai.models import resnet  # noqa: F401 - registers the custom layers a saved model uses
+
+
+def check_model(model: Any, num_classes: int, image_size: int, model_path: Path | str,
+                data: str) -> None:
+    """The model must take `image_size` RGB images and output one probability per class."""
+    _, height, width, channels = model.input_shape
+    outputs = model.output_shape[-1]
+    if (height, width, channels) != (image_size, image_size, 3):
+        raise CrackxaiError(
+            f"Model '{model_path}' takes {height}x{width}x{channels} inputs but {data} holds "
+            f"{image_size}x{image_size}x3 images. The model and the data come from different "
+            "runs: retrain (`dvc repro train`) or point to the matching model."
+        )
+    if outputs != num_classes:
+        raise CrackxaiError(
+            f"Model '{model_path}' has {outputs} outputs but {data} has {num_classes} classes. "
+            "The model and the data come from different runs: retrain (`dvc repro train`) or "
+            "point to the matching model."
+        )
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved classifier, with a clear error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrackxaiError(
+            f"Model file '{path}' not found. Train one with `dvc repro train` "
+            "(or `python -m crackxai.train`), or pass the path of a saved .keras model."
+        )
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises several types for bad files
+        raise CrackxaiError(
+            f"Cannot load model '{path}': {str(exc).splitlines()[0]}. "
+            "Expected a Keras 3 .keras file saved by crackxai.stages.train or keras.Model.save()."
+        ) from None
+
+
+def save_model(model: keras.Model, path: Path = MODEL_FILE) -> None:
+    """Atomically, without the optimizer: an uncompiled model sharing the trained layers is
+    saved, so the file holds the weights only once (a third of the size with Adam's state)."""
+    inference = keras.Model(model.input, model.output, name=model.name)
+    with atomic_path(path, suffix=".keras") as tmp:
+        inference.save(tmp)

@@ -1,0 +1,179 @@
+"""Preprocess: check, de-duplicate, resize and split the raw images into memory-mappable arrays.
+
+    python -m crackxai.preprocess [preprocess.image_size=150 ...]
+    python -m crackxai.preprocess --params params.yaml          # how dvc.yaml runs it
+
+Reads `data/manifest.csv` (written by `download`) and the files under `data/raw/<class>/`, and
+writes `data/processed/` (format: crackxai.data.processed) plus `reports/data_quality.json`.
+
+1. Every listed file is read once; its sha256 and its decode come from the same bytes. Bad files
+   (missing, empty, truncated, not an image, unsupported pixel format, smaller than
+   `preprocess.min_source_size`) are rejected and listed with the reason; grayscale, RGBA and
+   16-bit images are converted to 8-bit RGB. The stage fails if fewer than
+   `preprocess.min_good_fraction` of the files are good. Raw files are never modified.
+2. Exact duplicates (same sha256) are kept once, the first in sorted path order; content found
+   under two classes is dropped from both (its label is ambiguous).
+3. Images are resized to `preprocess.image_size` with cv2.INTER_AREA. Crack masks, where the
+   source has them, are area-resized and thresholded at > 0 so one-pixel cracks survive.
+4. A stratified split seeded by `seed`. Duplicates are removed first, so no content hash can land
+   in two splits. Rows of each split are in a seeded random order (any prefix mixes the classes).
+
+Caveat: the 40,000 patches of the surface-crack dataset are 227x227 crops of 458 photos, and no
+photo IDs are published, so crops of one photo can land in train and test. Test accuracy is then
+an optimistic estimate of accuracy on new photos (the same note is in the report).
+
+Decoding runs in `preprocess.workers` threads and goes straight into a memory-mapped staging
+array, so memory stays flat however large the dataset is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crackxai.config import Config
+from crackxai.core.entry import log, run_stage
+from crackxai.core.errors import DataError
+from crackxai.core.io import atomic_dir, write_json
+from crackxai.core.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR
+from crackxai.data.curation import deduplicate, quality_report, stratified_split
+from crackxai.data.decode import decode_all
+from crackxai.data.kaggle import LEAK_CAVEAT
+from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
+from crackxai.data.processed import SPLITS, write_split
+
+STAGE = "preprocess"
+MANIFEST_COLUMNS = ("path", "class", "sha256", "mask")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one image (runs in worker threads)
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: class folders and the manifest
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality, de-duplication and split
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+
+
+def _fail(report: dict[str, Any], message: str) -> None:
+    """Write the report (it explains the failure) and stop with a one-paragraph error."""
+    write_json(DATA_QUALITY, report)
+    raise DataError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    p = cfg.preprocess
+    size = p.image_size
+    classes = find_classes(RAW_DIR)
+    rows = read_manifest(MANIFEST, RAW_DIR, classes)
+    n = len(rows)
+    if n == 0:
+        raise DataError(f"'{MANIFEST}' lists no images. {RERUN_DOWNLOAD}.")
+    with_masks = bool((rows["mask"] != "").any())
+    log(STAGE, f"{n} files in {len(classes)} classes {classes} from {MANIFEST}; decoding -> "
+               f"{size}x{size} RGB with {p.workers or 'no'} worker thread(s)")
+
+    with atomic_dir(PROCESSED_DIR) as out:
+        # 1. Read, hash, check, resize: straight into memory-mapped staging arrays, in path order.
+        staged = np.lib.format.open_memmap(out / "_staging_images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(n, size, size, 3))
+        staged_masks = (np.lib.format.open_memmap(out / "_staging_masks.npy", mode="w+",
+                                                  dtype=np.uint8, shape=(n, size, size))
+                        if with_masks else None)
+        jobs = [(str(RAW_DIR / r.path), str(RAW_DIR / r.mask) if r.mask else "", size,
+                 p.min_source_size) for r in rows.itertuples()]
+        results = decode_all(jobs, staged, staged_masks, p.workers)
+        rows = pd.concat([rows, pd.DataFrame(results)], axis=1)
+        rows["good"] = rows["reason"] == ""
+        rows["label"] = rows["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
+
+        # 2. Quality report and de-duplication.
+        keep, duplicates, conflicts = deduplicate(rows)
+        report = quality_report(rows, keep, duplicates, conflicts, classes, p.min_good_fraction,
+                                size, cfg.seed, LEAK_CAVEAT)
+        log(STAGE, f"{report['good']}/{n} good ({report['good_fraction']:.1%}), "
+                   f"{report['rejected']} rejected {report['rejected_by_reason']}, "
+                   f"{report['duplicates']} duplicates, {report['cross_class_conflicts']} files "
+                   f"with content under two classes")
+        if report["sha256_mismatches"]:
+            log(STAGE, f"warning: {report['sha256_mismatches']} file(s) changed since the manifest "
+                       f"was written (sha256 differs); using the bytes on disk, see {DATA_QUALITY}")
+        if report["good_fraction"] < p.min_good_fraction:
+            _fail(report, (
+                f"Only {report['good_fraction']:.1%} of the {n} images listed in '{MANIFEST}' are "
+                f"usable, below preprocess.min_good_fraction={p.min_good_fraction}. "
+                f"'{DATA_QUALITY}' lists every rejected file with its reason "
+                f"({report['rejected_by_reason']}). Fix or remove those files and rerun download "
+                f"and preprocess, or lower preprocess.min_good_fraction if the loss is acceptable."
+            ))
+        kept_labels = rows["label"].to_numpy()[keep]
+        counts = np.bincount(kept_labels, minlength=len(classes))
+        if counts.min() < len(SPLITS):
+            _fail(report, (
+                f"Class '{classes[int(counts.argmin())]}' has only {int(counts.min())} usable "
+                f"image(s) after removing bad files and duplicates; each class needs at least "
+                f"{len(SPLITS)} (one per split). See '{DATA_QUALITY}' and add images to "
+                f"{RAW_DIR / classes[int(counts.argmin())]} (or its source), then rerun download."
+            ))
+
+        # 3. Split and write each split's arrays, gathered from the staging arrays in chunks.
+        fractions = {"train": p.split.train, "val": p.split.val, "test": p.split.test}
+        splits = {s: keep[idx] for s, idx in stratified_split(kept_labels, fractions, cfg.seed).items()}
+        hashes = [set(rows["sha256"].to_numpy()[idx]) for idx in splits.values()]
+        assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2]), \
+            "a content hash is in two splits"
+        for name, idx in splits.items():
+            write_split(out, name, idx, rows, staged, staged_masks)
+        report["per_split"] = {
+            name: {"total": len(idx), "with_mask": int(rows["has_mask"].to_numpy()[idx].sum()),
+                   "per_class": {c: int((rows["label"].to_numpy()[idx] == k).sum())
+                                 for k, c in enumerate(classes)}}
+            for name, idx in splits.items()
+        }
+        (out / "classes.json").write_text(json.dumps({"classes": classes, "image_size": size},
+                                                     indent=2) + "\n")
+        del staged, staged_masks
+        for f in out.glob("_staging_*.npy"):
+            f.unlink()
+    write_json(DATA_QUALITY, report)
+    sizes = ", ".join(f"{s} {v['total']}" for s, v in report["per_split"].items())
+    log(STAGE, f"wrote {PROCESSED_DIR} ({sizes}) and {DATA_QUALITY}")
+    return report
+
+
+
+
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main)

@@ -1,0 +1,1 @@
+"""MLflow tracking: the store, the model's run, provenance tags."""

@@ -1,0 +1,1 @@
+"""Explainable AI: explanation methods, their quality metrics, rendering and the report."""
