@@ -60,7 +60,7 @@ def run_pipeline(cfg: Config, workdir: str | Path, stages: tuple[str, ...] = STA
     with _env("MLFLOW_TRACKING_URI", store), contextlib.chdir(workdir):
         for name in stages:
             log(STAGE, f"{name} (in {workdir})")
-            importlib.import_module(f"crackxai.{name}").main(cfg)
+            importlib.import_module(f"crackxai.stages.{name}").main(cfg)
 
 
 def job(raw: DictConfig) -> None:
