@@ -30,7 +30,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import keras, mlflow, tensorflow  # noqa: F401
-    from crackxai import tracking
+    from crackxai.tracking import runs as tracking
     from crackxai.config import validate
 
     i, go, steps = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])

@@ -237,7 +237,7 @@ def test_saved_model_predicts_raw_uint8_in_fresh_process(trained, model):
     images = np.load(trained / "data" / "processed" / "val_images.npy")[:6]
     np.save(trained / "probe.npy", images)
     # an eager call: the same computation as predict() without tracing a graph (test speed)
-    code = ("import numpy as np, keras; from crackxai.models.resnet import load_model; "
+    code = ("import numpy as np, keras; from crackxai.models.io import load_model; "
             "m = load_model('models/model.keras'); "
             "np.save('probe_out.npy', keras.ops.convert_to_numpy(m(np.load('probe.npy'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True,
