@@ -19,36 +19,39 @@ hardest case for the pipeline.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from crackxai.config import Config
-from crackxai.data.processed import load_split
+from crackxai.data.processed import load_split, write_classes, write_split
 from crackxai.models.resnet import build_model, set_backbone_trainable
-from crackxai.stages.train import configure_runtime, make_dataset
+from crackxai.models.training import configure_runtime, make_dataset
 
 
-def write_split(root: Path, n: int, size: int) -> Path:
+def make_split(root: Path, n: int, size: int) -> Path:
     """A processed 'train' split of random images in crackxai.data.processed's format."""
     out = root / "processed"
     out.mkdir(parents=True)
-    (out / "classes.json").write_text(json.dumps({"classes": ["Negative", "Positive"],
-                                                  "image_size": size}))
-    images = np.lib.format.open_memmap(out / "train_images.npy", mode="w+", dtype=np.uint8,
+    classes = ["Negative", "Positive"]
+    write_classes(out, classes, size)
+    # Random pixels generated chunk by chunk into a scratch memory map, then written as the split.
+    images = np.lib.format.open_memmap(root / "scratch.npy", mode="w+", dtype=np.uint8,
                                        shape=(n, size, size, 3))
     rng = np.random.default_rng(0)
     for start in range(0, n, 1024):
         stop = min(n, start + 1024)
         images[start:stop] = rng.integers(0, 256, (stop - start, size, size, 3), dtype=np.uint8)
-    images.flush()
-    np.save(out / "train_labels.npy", (np.arange(n) % 2).astype(np.int64))
-    (out / "train.csv").write_text("index,path,label,class,sha256,has_mask\n")
+    labels = (np.arange(n) % 2).astype(np.int64)
+    records = pd.DataFrame({"path": "", "label": labels, "class": [classes[k] for k in labels],
+                            "sha256": "", "has_mask": False})
+    write_split(out, "train", images, labels, records)
+    (root / "scratch.npy").unlink()
     return out
 
 
@@ -78,9 +81,9 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = Config()
-    configure_runtime(cfg)
+    configure_runtime(cfg.train.precision, cfg.seed, cfg.train.deterministic)
     with tempfile.TemporaryDirectory() as tmp:
-        split = load_split("train", write_split(Path(tmp), args.n, args.size))
+        split = load_split("train", make_split(Path(tmp), args.n, args.size))
         model = build_model(2, args.size, seed=cfg.seed)
         set_backbone_trainable(model, 0 if args.mode == "head" else None)
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",

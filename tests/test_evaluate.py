@@ -15,6 +15,7 @@ import pytest
 
 from crackxai.core.entry import run_stage
 from crackxai.core.errors import CrackxaiError
+from crackxai.data.processed import write_classes, write_split
 from crackxai.evaluation.plots import write_plots
 from crackxai.evaluation.scores import Scores, compute_metrics, flatten_metrics, positive_index
 from crackxai.stages import evaluate
@@ -36,16 +37,13 @@ def write_processed(d: Path, sizes: dict[str, int]) -> None:
     """A tiny dataset in the crackxai.data.processed format."""
     rng = np.random.default_rng(0)
     d.mkdir(parents=True)
-    (d / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE}))
+    write_classes(d, CLASSES, SIZE)
     for split, n in sizes.items():
         labels = (np.arange(n) % 2).astype(np.int64)
-        np.save(d / f"{split}_images.npy", _images(rng, labels, SIZE))
-        np.save(d / f"{split}_labels.npy", labels)
-        pd.DataFrame({"index": range(n), "path": [f"{CLASSES[k]}/{i:05d}.jpg" for i, k in
-                                                  enumerate(labels)],
-                      "label": labels, "class": [CLASSES[k] for k in labels],
-                      "sha256": [f"{i:064x}" for i in range(n)], "has_mask": False}
-                     ).to_csv(d / f"{split}.csv", index=False)
+        records = pd.DataFrame({"path": [f"{CLASSES[k]}/{i:05d}.jpg" for i, k in enumerate(labels)],
+                                "label": labels, "class": [CLASSES[k] for k in labels],
+                                "sha256": [f"{i:064x}" for i in range(n)], "has_mask": False})
+        write_split(d, split, _images(rng, labels, SIZE), labels, records)
 
 
 def write_jpegs(d: Path, n_per_class: int = 4) -> None:

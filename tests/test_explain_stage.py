@@ -21,6 +21,7 @@ from crackxai.config import EXPLAIN_METHODS
 from crackxai.core.entry import run_stage
 from crackxai.core.errors import ConfigError
 from crackxai.core.io import staged_outputs
+from crackxai.data.processed import write_classes, write_split
 from crackxai.stages import explain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,15 +116,11 @@ def write_processed(d: Path) -> None:
         rows = np.clip(np.round(8 + i + np.arange(SIZE) * 0.4).astype(int), 0, SIZE - 1)
         masks[i, rows, np.arange(SIZE)] = 1
         images[i][masks[i] == 1] = 30
-    (d / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": SIZE}))
-    np.save(d / "test_images.npy", images)
-    np.save(d / "test_labels.npy", labels)
-    np.save(d / "test_masks.npy", masks)
-    pd.DataFrame({"index": range(N_TEST), "path": [f"{CLASSES[k]}/{i:05d}.jpg" for i, k in
-                                                   enumerate(labels)],
-                  "label": labels, "class": [CLASSES[k] for k in labels],
-                  "sha256": [f"{i:064x}" for i in range(N_TEST)], "has_mask": labels == 1}
-                 ).to_csv(d / "test.csv", index=False)
+    write_classes(d, CLASSES, SIZE)
+    records = pd.DataFrame({"path": [f"{CLASSES[k]}/{i:05d}.jpg" for i, k in enumerate(labels)],
+                            "label": labels, "class": [CLASSES[k] for k in labels],
+                            "sha256": [f"{i:064x}" for i in range(N_TEST)], "has_mask": labels == 1})
+    write_split(d, "test", images, labels, records, masks)
 
 
 ENV_LEAKS = ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI",

@@ -24,6 +24,7 @@ import pytest
 from crackxai.config import load_config
 from crackxai.core.entry import run_stage
 from crackxai.core.errors import CrackxaiError
+from crackxai.data.processed import write_classes, write_split
 from crackxai.models.io import load_model
 from crackxai.models.resnet import (
     LAST_CONV_LAYER,
@@ -34,7 +35,8 @@ from crackxai.models.resnet import (
     imagenet_reachable,
     set_backbone_trainable,
 )
-from crackxai.stages.train import ResumableEarlyStopping, backup_dir, main
+from crackxai.models.training import ResumableEarlyStopping, backup_dir
+from crackxai.stages.train import main
 from crackxai.tracking.runs import config_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,7 @@ def write_processed(root: Path, n_train: int = 48, n_val: int = 16, size: int = 
     rng = np.random.default_rng(seed)
     out = root / "data" / "processed"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": size}))
+    write_classes(out, CLASSES, size)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
         labels = rng.permutation(np.arange(n) % 2).astype(np.int64)
         images = rng.integers(140, 200, (n, size, size, 3), dtype=np.uint8)
@@ -56,12 +58,12 @@ def write_processed(root: Path, n_train: int = 48, n_val: int = 16, size: int = 
             if label == 1:
                 p, q = rng.integers(0, size, 2), rng.integers(0, size, 2)
                 cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), (40, 40, 40), 2)
-        np.save(out / f"{split}_images.npy", images)
-        np.save(out / f"{split}_labels.npy", labels)
-        pd.DataFrame({"index": np.arange(n), "path": [f"raw/{split}/{i}.jpg" for i in range(n)],
-                      "label": labels, "class": [CLASSES[k] for k in labels],
-                      "sha256": [hashlib.sha256(im.tobytes()).hexdigest() for im in images],
-                      "has_mask": False}).to_csv(out / f"{split}.csv", index=False)
+        records = pd.DataFrame({
+            "path": [f"raw/{split}/{i}.jpg" for i in range(n)], "label": labels,
+            "class": [CLASSES[k] for k in labels],
+            "sha256": [hashlib.sha256(im.tobytes()).hexdigest() for im in images],
+            "has_mask": False})
+        write_split(out, split, images, labels, records)
     (root / "data" / "manifest.csv").write_text("path,class,sha256,mask\n")
     return out
 

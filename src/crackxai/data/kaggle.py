@@ -12,6 +12,7 @@ from pathlib import Path
 from crackxai.core.errors import CrackxaiError, DataError
 from crackxai.data.local import import_folder, safe_extract
 from crackxai.data.manifest import Row
+from crackxai.data.sources import SourceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +113,8 @@ def from_kaggle(dataset: str, out: Path, scratch: Path, limit: int | None,
     archives[0].unlink()  # free the space before copying
     return import_folder(extracted, out, "kaggle", f"the Kaggle dataset '{dataset}'",
                          limit)
+
+
+def fetch(out: Path, scratch: Path, opts: SourceOptions) -> list[Row]:
+    """The `kaggle` source."""
+    return from_kaggle(opts.kaggle_dataset, out, scratch, opts.limit_per_class, opts.api)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from crackxai.core.errors import DataError
 from crackxai.core.paths import project_root
 from crackxai.data.manifest import Row
+from crackxai.data.sources import SourceOptions
 from crackxai.data.synthetic import MASK_DIR
 
 logger = logging.getLogger(__name__)
@@ -147,3 +148,8 @@ def from_local(path: str, out: Path, scratch: Path, limit: int | None) -> list[R
         src = scratch
     logger.info(f"copying class folders from {path}")
     return import_folder(src, out, "local", what, limit)
+
+
+def fetch(out: Path, scratch: Path, opts: SourceOptions) -> list[Row]:
+    """The `local` source."""
+    return from_local(str(opts.path), out, scratch, opts.limit_per_class)

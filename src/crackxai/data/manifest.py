@@ -1,4 +1,5 @@
-"""data/manifest.csv: one row per raw file (path, class, bytes, sha256, source, mask), and data/raw's class folders."""
+"""data/manifest.csv (one row per raw file: path, class, bytes, sha256, source, mask) and the
+class folders of data/raw it lists."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import pandas as pd
 
 from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_path
+
+MANIFEST_COLUMNS = ("path", "class", "bytes", "sha256", "source", "mask")
+# bytes and source are informational: a hand-made manifest may leave them out.
+REQUIRED_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in ("bytes", "source"))
+Row = dict[str, str | int]
+RERUN_DOWNLOAD = "Rerun the download stage (`dvc repro download` or `python -m crackxai.download`)"
 
 
 def find_classes(raw_dir: Path) -> list[str]:
@@ -35,7 +42,7 @@ def read_manifest(manifest: Path, raw_dir: Path, classes: list[str]) -> pd.DataF
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"Cannot parse '{manifest}': {str(exc).splitlines()[0]}. "
                         f"{RERUN_DOWNLOAD}.") from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"'{manifest}' lacks column(s) {missing} (has {list(df.columns)}); it was "
                         f"written by an older or different tool. {RERUN_DOWNLOAD}.")
@@ -67,11 +74,6 @@ def read_manifest(manifest: Path, raw_dir: Path, classes: list[str]) -> pd.DataF
     return df.sort_values("path", kind="stable").reset_index(drop=True)
 
 
-MANIFEST_COLUMNS = ("path", "class", "bytes", "sha256", "source", "mask")
-
-
-Row = dict[str, str | int]
-
 
 def write_manifest(rows: list[Row], path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -79,5 +81,3 @@ def write_manifest(rows: list[Row], path: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
 
-
-RERUN_DOWNLOAD = "Rerun the download stage (`dvc repro download` or `python -m crackxai.download`)"

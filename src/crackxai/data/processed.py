@@ -72,24 +72,40 @@ def load_split(name: str, processed_dir: str | Path = PROCESSED_DIR, mmap: bool 
     return Split(name, images, labels, masks, records, classes)
 
 
-def write_split(out: Path, name: str, idx: np.ndarray, rows: pd.DataFrame,
-                staged: np.ndarray, staged_masks: np.ndarray | None) -> None:
-    """{name}_images.npy, _labels.npy, (_masks.npy) and {name}.csv for the rows `idx`."""
-    size = staged.shape[1]
-    images = np.lib.format.open_memmap(out / f"{name}_images.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(idx), size, size, 3))
-    masks = (np.lib.format.open_memmap(out / f"{name}_masks.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(idx), size, size))
-             if staged_masks is not None else None)
-    for start in range(0, len(idx), 2048):
-        part = idx[start:start + 2048]
-        images[start:start + len(part)] = staged[part]
-        if masks is not None:
-            masks[start:start + len(part)] = staged_masks[part]
-    images.flush()
-    if masks is not None:
-        masks.flush()
-    np.save(out / f"{name}_labels.npy", rows["label"].to_numpy()[idx].astype(np.int64))
-    records = rows.loc[idx, ["path", "label", "class", "sha256", "has_mask"]].reset_index(drop=True)
-    records.insert(0, "index", np.arange(len(idx)))
-    records.to_csv(out / f"{name}.csv", index=False)
+RECORD_COLUMNS = ("path", "label", "class", "sha256", "has_mask")  # {split}.csv, after "index"
+CHUNK = 2048  # rows copied at a time: memory stays flat however large the split
+
+
+def write_classes(out: str | Path, classes: list[str], image_size: int) -> None:
+    """classes.json: the class names (index = position) and the image side."""
+    Path(out, "classes.json").write_text(
+        json.dumps({"classes": list(classes), "image_size": int(image_size)}, indent=2) + "\n")
+
+
+def write_split(out: str | Path, name: str, images: np.ndarray, labels: np.ndarray,
+                records: pd.DataFrame, masks: np.ndarray | None = None,
+                idx: np.ndarray | None = None) -> None:
+    """{name}_images.npy, _labels.npy, (_masks.npy) and {name}.csv from the rows `idx` of the
+    given arrays (all rows when None), copied in chunks so memory-mapped sources stay on disk.
+
+    `records` holds RECORD_COLUMNS for the same rows as `images` (indexed like them)."""
+    out = Path(out)
+    idx = np.arange(len(labels)) if idx is None else np.asarray(idx)
+    size = images.shape[1]
+    dst = np.lib.format.open_memmap(out / f"{name}_images.npy", mode="w+", dtype=np.uint8,
+                                    shape=(len(idx), size, size, 3))
+    dst_masks = (np.lib.format.open_memmap(out / f"{name}_masks.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(idx), size, size))
+                 if masks is not None else None)
+    for start in range(0, len(idx), CHUNK):
+        part = idx[start:start + CHUNK]
+        dst[start:start + len(part)] = images[part]
+        if dst_masks is not None:
+            dst_masks[start:start + len(part)] = masks[part]
+    dst.flush()
+    if dst_masks is not None:
+        dst_masks.flush()
+    np.save(out / f"{name}_labels.npy", np.asarray(labels)[idx].astype(np.int64))
+    table = records.iloc[idx][list(RECORD_COLUMNS)].reset_index(drop=True)
+    table.insert(0, "index", np.arange(len(idx)))
+    table.to_csv(out / f"{name}.csv", index=False)

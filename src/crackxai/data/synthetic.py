@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +45,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from crackxai.data.manifest import Row
+from crackxai.data.sources import SourceOptions
+
+logger = logging.getLogger(__name__)
 CLASSES = ("Negative", "Positive")  # sorted: index 1 = crack, as in the real dataset
 MASK_DIR = "_masks"
 JPEG_QUALITY = 92
@@ -314,3 +319,13 @@ def write_dataset(out_dir: str | Path, n_per_class: int, size: int = REF_SIZE,
                 _write(out_dir / mask_rel, png)
             samples.append(Sample(rel, name, len(jpg), _write(out_dir / rel, jpg), mask_rel))
     return samples
+
+
+def fetch(out: Path, scratch: Path, opts: SourceOptions) -> list[Row]:
+    """The `synthetic` source: `opts.n_per_class` images per class (capped by limit_per_class)."""
+    n = min(opts.n_per_class, opts.limit_per_class or opts.n_per_class)
+    logger.info(f"generating {n} images per class, {opts.image_size}x{opts.image_size}, "
+                f"difficulty={opts.difficulty}, seed={opts.seed}")
+    samples = write_dataset(out, n, opts.image_size, opts.difficulty, opts.seed)
+    return [{"path": s.path, "class": s.label, "bytes": s.size, "sha256": s.sha256,
+             "source": "synthetic", "mask": s.mask} for s in samples]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +14,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_path, write_json, write_text
-from crackxai.core.paths import TRAIN_HISTORY
-from crackxai.data.processed import Split
+from crackxai.data.processed import Split, load_split
+from crackxai.models.resnet import set_backbone_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ class HistoryLogger(keras.callbacks.Callback):
     """Keeps the per-epoch history (1-based, continuous across phases and resumed runs) in the
     train state and in reports/train_history.csv, both rewritten atomically after every epoch."""
 
-    def __init__(self, rows: list[dict], state_file: Path, csv_file: Path = TRAIN_HISTORY):
+    def __init__(self, rows: list[dict], state_file: Path, csv_file: Path):
         super().__init__()
         self.rows, self.state_file, self.csv_file = rows, state_file, csv_file
 
@@ -105,7 +110,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_end(logs)
 
 
-def write_history_csv(rows: list[dict], path: Path = TRAIN_HISTORY) -> None:
+def write_history_csv(rows: list[dict], path: Path) -> None:
     lines = [",".join(HISTORY_COLUMNS)]
     lines += [",".join(str(row[c]) for c in HISTORY_COLUMNS) for row in rows]
     write_text(path, "\n".join(lines) + "\n")
@@ -131,3 +136,109 @@ def describe(phase: Phase, first_epoch: int) -> str:
     span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
     return f"{phase.name}: training {what} for up to {phase.epochs} epoch(s) ({span}), " \
            f"Adam lr={phase.lr:g}"
+
+
+def load_train_val(processed_dir: Path) -> tuple[Split, Split]:
+    """The train and val splits, checked for what training needs."""
+    train, val = load_split("train", processed_dir), load_split("val", processed_dir)
+    for split in (train, val):
+        if len(split) == 0:
+            raise DataError(f"The {split.name} split in '{processed_dir}' is empty. Rerun "
+                            "preprocess with more data or other preprocess.split fractions.")
+        if split.images.dtype != np.uint8 or split.images.ndim != 4 or split.images.shape[3] != 3:
+            raise DataError(f"'{processed_dir}/{split.name}_images.npy' is not uint8 (N, S, S, 3) "
+                            f"(got {split.images.dtype} {split.images.shape}). Rerun preprocess.")
+        if len(split.images) != len(split.labels):
+            raise DataError(f"'{processed_dir}/{split.name}_images.npy' and its labels differ in "
+                            "length. Rerun preprocess.")
+    if len(train.classes) < 2:
+        raise DataError(f"'{processed_dir}/classes.json' lists {train.classes}: a classifier "
+                        "needs at least two classes.")
+    return train, val
+
+
+def plan_phases(pretrained: bool, epochs: int, lr: float, fine_tune_unfreeze: int,
+                fine_tune_epochs: int, fine_tune_lr: float) -> list[Phase]:
+    """Phase 1 trains the head (pretrained backbone frozen) or everything (random init); phase 2,
+    when asked for, fine-tunes the top `fine_tune_unfreeze` ResNet stages."""
+    out = [Phase("phase1", epochs, lr, 0 if pretrained else None)]
+    if fine_tune_unfreeze > 0 and fine_tune_epochs > 0:
+        out.append(Phase("phase2", fine_tune_epochs, fine_tune_lr, fine_tune_unfreeze))
+    return out
+
+
+def configure_runtime(precision: str, seed: int, deterministic: bool) -> None:
+    """Seeds, op determinism and the precision policy: all before any model is built."""
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def open_state(state_dir: Path, fp: str, on_discard: Callable[[dict], None]) -> dict:
+    """The interrupted run's state ({} for a fresh start); stale state is discarded (after
+    `on_discard(state)`, e.g. closing its MLflow run)."""
+    state_file = state_dir / "state.json"
+    if not state_file.is_file():
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return {}
+    state = json.loads(state_file.read_text())
+    if state.get("fingerprint") == fp:
+        return state
+    logger.info(f"configuration or data changed since the interrupted run: discarding {state_dir}")
+    on_discard(state)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return {}
+
+
+def fit_phase(model: keras.Model, phase: Phase, train_ds: tf.data.Dataset,
+              val_ds: tf.data.Dataset, first_epoch: int, rows: list[dict], state_dir: Path,
+              history_csv: Path, patience: int, callbacks: list[keras.callbacks.Callback]) -> None:
+    """Compile and fit one phase, resumable from `state_dir`; `callbacks` run first."""
+    set_backbone_trainable(model, phase.unfreeze)
+    model.compile(optimizer=keras.optimizers.Adam(phase.lr),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model._initial_epoch = None  # noqa: SLF001 - BackupAndRestore of an earlier phase set it
+    backup = keras.callbacks.BackupAndRestore(str(backup_dir(phase.name, state_dir)),
+                                              double_checkpoint=True)
+    callbacks = [
+        HistoryLogger(rows, state_dir / "history.json", history_csv),
+        *callbacks,
+        backup,  # before early stopping: it sets the epoch a resumed run continues from
+        ResumableEarlyStopping(rows, first_epoch, state_dir / phase.name / "best.weights.h5",
+                               patience=patience),
+    ]
+    meta = backup_dir(phase.name, state_dir) / "training_metadata.json"
+    if meta.is_file():
+        epoch = json.loads(meta.read_text())["epoch"]
+        logger.info(f"{phase.name}: resuming after epoch {epoch} from {backup.backup_dir}")
+    model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
+              epochs=first_epoch + phase.epochs, callbacks=callbacks, shuffle=False,
+              verbose=1 if sys.stdout.isatty() else 2)
+
+
+def run_phases(model: keras.Model, plan: list[Phase], train_ds: tf.data.Dataset,
+               val_ds: tf.data.Dataset, state_dir: Path, history_csv: Path, patience: int,
+               callbacks: list[keras.callbacks.Callback]) -> list[dict]:
+    """Every phase in order, skipping those an interrupted run finished; returns the history."""
+    history_file = state_dir / "history.json"
+    rows = json.loads(history_file.read_text()) if history_file.is_file() else []
+    epoch = 0
+    for phase in plan:
+        done_file = state_dir / phase.name / "done.json"
+        if done_file.is_file():  # finished before the interruption
+            epoch = json.loads(done_file.read_text())["epoch"]
+            model.load_weights(state_dir / phase.name / "done.weights.h5")
+            logger.info(f"{phase.name}: already finished (epoch {epoch}) in {state_dir}")
+            continue
+        logger.info(describe(phase, epoch))
+        fit_phase(model, phase, train_ds, val_ds, epoch, rows, state_dir, history_csv, patience,
+                  callbacks)
+        best = min((r for r in rows if r["epoch"] > epoch), key=lambda r: r["val_loss"])
+        logger.info(f"{phase.name}: kept epoch {best['epoch']} (lowest val_loss "
+                    f"{best['val_loss']:.4f}, val_accuracy {best['val_accuracy']:.4f})")
+        epoch = rows[-1]["epoch"]
+        with atomic_path(state_dir / phase.name / "done.weights.h5", ".weights.h5") as tmp:
+            model.save_weights(tmp)
+        write_json(done_file, {"epoch": epoch})
+    return rows

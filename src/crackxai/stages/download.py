@@ -45,72 +45,10 @@ from crackxai.config import Config
 from crackxai.core.entry import log, run_stage
 from crackxai.core.io import atomic_dir
 from crackxai.core.paths import MANIFEST, RAW_DIR
-from crackxai.data import synthetic
-from crackxai.data.kaggle import from_kaggle
-from crackxai.data.local import from_local
 from crackxai.data.manifest import Row, write_manifest
+from crackxai.data.sources import SourceOptions, fetch
 
 STAGE = "download"
-MASK_DIR = synthetic.MASK_DIR
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Copying an image-folder dataset (local folder, extracted local zip, extracted Kaggle archive)
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Archives
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-# ---------------------------------------------------------------------------------------------
-
-
-def from_synthetic(cfg: Config, out: Path) -> list[Row]:
-    sc = cfg.data.synthetic
-    n = min(sc.n_per_class, cfg.data.limit_per_class or sc.n_per_class)
-    log(STAGE, f"generating {n} images per class, {sc.image_size}x{sc.image_size}, "
-               f"difficulty={sc.difficulty}, seed={cfg.seed}")
-    samples = synthetic.write_dataset(out, n, sc.image_size, sc.difficulty, cfg.seed)
-    return [{"path": s.path, "class": s.label, "bytes": s.size, "sha256": s.sha256,
-             "source": "synthetic", "mask": s.mask} for s in samples]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage
-# ---------------------------------------------------------------------------------------------
-
-
 
 
 def main(cfg: Config, api: object | None = None) -> list[Row]:
@@ -125,13 +63,12 @@ def main(cfg: Config, api: object | None = None) -> list[Row]:
     # Scratch space beside data/raw (same file system), removed whatever happens.
     with tempfile.TemporaryDirectory(dir=RAW_DIR.parent, prefix=".download-") as scratch, \
             atomic_dir(RAW_DIR) as out:
-        if source == "synthetic":
-            rows = from_synthetic(cfg, out)
-        elif source == "kaggle":
-            rows = from_kaggle(cfg.data.kaggle_dataset, out, Path(scratch),
-                               cfg.data.limit_per_class, api)
-        else:
-            rows = from_local(str(cfg.data.path), out, Path(scratch), cfg.data.limit_per_class)
+        d = cfg.data
+        opts = SourceOptions(seed=cfg.seed, limit_per_class=d.limit_per_class, path=d.path,
+                             kaggle_dataset=d.kaggle_dataset, n_per_class=d.synthetic.n_per_class,
+                             image_size=d.synthetic.image_size,
+                             difficulty=d.synthetic.difficulty, api=api)
+        rows = fetch(source, out, Path(scratch), opts)
         write_manifest(rows, MANIFEST)
     counts = Counter(str(r["class"]) for r in rows)
     n_masks = sum(1 for r in rows if r["mask"])

@@ -28,7 +28,6 @@ array, so memory stays flat however large the dataset is.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -43,10 +42,9 @@ from crackxai.data.curation import deduplicate, quality_report, stratified_split
 from crackxai.data.decode import decode_all
 from crackxai.data.kaggle import LEAK_CAVEAT
 from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
-from crackxai.data.processed import SPLITS, write_split
+from crackxai.data.processed import SPLITS, write_classes, write_split
 
 STAGE = "preprocess"
-MANIFEST_COLUMNS = ("path", "class", "sha256", "mask")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,15 +151,14 @@ def main(cfg: Config) -> dict[str, Any]:
         assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2]), \
             "a content hash is in two splits"
         for name, idx in splits.items():
-            write_split(out, name, idx, rows, staged, staged_masks)
+            write_split(out, name, staged, rows["label"].to_numpy(), rows, staged_masks, idx)
         report["per_split"] = {
             name: {"total": len(idx), "with_mask": int(rows["has_mask"].to_numpy()[idx].sum()),
                    "per_class": {c: int((rows["label"].to_numpy()[idx] == k).sum())
                                  for k, c in enumerate(classes)}}
             for name, idx in splits.items()
         }
-        (out / "classes.json").write_text(json.dumps({"classes": classes, "image_size": size},
-                                                     indent=2) + "\n")
+        write_classes(out, classes, size)
         del staged, staged_masks
         for f in out.glob("_staging_*.npy"):
             f.unlink()

@@ -210,8 +210,9 @@ def resume_model_run(cfg: Config, path: str | Path = RUN_FILE, nested_name: str 
             yield child
 
 
-def _terminate_run(run_id: str) -> None:
+def terminate_run(run_id: str, status: str = "KILLED") -> None:
+    """Mark a run that will never finish (e.g. an abandoned, interrupted training) as ended."""
     import mlflow
 
     with contextlib.suppress(Exception):  # a run in another store or deleted: nothing to close
-        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+        mlflow.MlflowClient().set_terminated(run_id, status=status)
