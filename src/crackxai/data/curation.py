@@ -95,3 +95,12 @@ def quality_report(rows: pd.DataFrame, keep: np.ndarray, duplicates: list[dict],
         "mask_problem_files": [{"path": r.path, "mask": r.mask, "problem": r.mask_problem}
                                for r in masks[masks["mask_problem"] != ""].itertuples()],
     }
+
+
+def split_summary(rows: pd.DataFrame, splits: dict[str, np.ndarray],
+                  classes: list[str]) -> dict[str, Any]:
+    """Per split: images, images with a mask, images per class."""
+    labels, has_mask = rows["label"].to_numpy(), rows["has_mask"].to_numpy()
+    return {name: {"total": len(idx), "with_mask": int(has_mask[idx].sum()),
+                   "per_class": {c: int((labels[idx] == k).sum()) for k, c in enumerate(classes)}}
+            for name, idx in splits.items()}

@@ -9,6 +9,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
@@ -122,3 +123,26 @@ def decode_all(jobs: list[tuple[str, str, int, int]], staged: np.ndarray,
             return list(tqdm(it, total=len(jobs), desc="decode+resize", unit="img"))
     finally:
         cv2.setNumThreads(cv_threads)
+
+
+def decode_rows(rows: pd.DataFrame, raw_dir: Path, out: Path, size: int, min_source_size: int,
+                workers: int, classes: list[str]
+                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """Decode every manifest row into memory-mapped staging arrays in `out` (row i -> index i).
+
+    Returns the rows with the per-file results (sha256, reason, detail, note, has_mask,
+    mask_problem), `good` and `label` columns added, and the staging images and masks (None when
+    no row has a mask)."""
+    n = len(rows)
+    staged = np.lib.format.open_memmap(out / "_staging_images.npy", mode="w+", dtype=np.uint8,
+                                       shape=(n, size, size, 3))
+    staged_masks = (np.lib.format.open_memmap(out / "_staging_masks.npy", mode="w+",
+                                              dtype=np.uint8, shape=(n, size, size))
+                    if bool((rows["mask"] != "").any()) else None)
+    jobs = [(str(raw_dir / r.path), str(raw_dir / r.mask) if r.mask else "", size,
+             min_source_size) for r in rows.itertuples()]
+    results = decode_all(jobs, staged, staged_masks, workers)
+    rows = pd.concat([rows, pd.DataFrame(results)], axis=1)
+    rows["good"] = rows["reason"] == ""
+    rows["label"] = rows["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
+    return rows, staged, staged_masks

@@ -31,15 +31,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from crackxai.config import Config
 from crackxai.core.entry import log, run_stage
 from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_dir, write_json
 from crackxai.core.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR
-from crackxai.data.curation import deduplicate, quality_report, stratified_split
-from crackxai.data.decode import decode_all
+from crackxai.data.curation import deduplicate, quality_report, split_summary, stratified_split
+from crackxai.data.decode import decode_rows
 from crackxai.data.kaggle import LEAK_CAVEAT
 from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
 from crackxai.data.processed import SPLITS, write_classes, write_split
@@ -47,46 +46,10 @@ from crackxai.data.processed import SPLITS, write_classes, write_split
 STAGE = "preprocess"
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading one image (runs in worker threads)
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs: class folders and the manifest
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Quality, de-duplication and split
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
 def _fail(report: dict[str, Any], message: str) -> None:
     """Write the report (it explains the failure) and stop with a one-paragraph error."""
     write_json(DATA_QUALITY, report)
     raise DataError(message)
-
-
-# ---------------------------------------------------------------------------------------------
-# The stage
-# ---------------------------------------------------------------------------------------------
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -97,23 +60,13 @@ def main(cfg: Config) -> dict[str, Any]:
     n = len(rows)
     if n == 0:
         raise DataError(f"'{MANIFEST}' lists no images. {RERUN_DOWNLOAD}.")
-    with_masks = bool((rows["mask"] != "").any())
     log(STAGE, f"{n} files in {len(classes)} classes {classes} from {MANIFEST}; decoding -> "
                f"{size}x{size} RGB with {p.workers or 'no'} worker thread(s)")
 
     with atomic_dir(PROCESSED_DIR) as out:
         # 1. Read, hash, check, resize: straight into memory-mapped staging arrays, in path order.
-        staged = np.lib.format.open_memmap(out / "_staging_images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(n, size, size, 3))
-        staged_masks = (np.lib.format.open_memmap(out / "_staging_masks.npy", mode="w+",
-                                                  dtype=np.uint8, shape=(n, size, size))
-                        if with_masks else None)
-        jobs = [(str(RAW_DIR / r.path), str(RAW_DIR / r.mask) if r.mask else "", size,
-                 p.min_source_size) for r in rows.itertuples()]
-        results = decode_all(jobs, staged, staged_masks, p.workers)
-        rows = pd.concat([rows, pd.DataFrame(results)], axis=1)
-        rows["good"] = rows["reason"] == ""
-        rows["label"] = rows["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
+        rows, staged, staged_masks = decode_rows(rows, RAW_DIR, out, size, p.min_source_size,
+                                                 p.workers, classes)
 
         # 2. Quality report and de-duplication.
         keep, duplicates, conflicts = deduplicate(rows)
@@ -152,12 +105,7 @@ def main(cfg: Config) -> dict[str, Any]:
             "a content hash is in two splits"
         for name, idx in splits.items():
             write_split(out, name, staged, rows["label"].to_numpy(), rows, staged_masks, idx)
-        report["per_split"] = {
-            name: {"total": len(idx), "with_mask": int(rows["has_mask"].to_numpy()[idx].sum()),
-                   "per_class": {c: int((rows["label"].to_numpy()[idx] == k).sum())
-                                 for k, c in enumerate(classes)}}
-            for name, idx in splits.items()
-        }
+        report["per_split"] = split_summary(rows, splits, classes)
         write_classes(out, classes, size)
         del staged, staged_masks
         for f in out.glob("_staging_*.npy"):
@@ -166,10 +114,6 @@ def main(cfg: Config) -> dict[str, Any]:
     sizes = ", ".join(f"{s} {v['total']}" for s, v in report["per_split"].items())
     log(STAGE, f"wrote {PROCESSED_DIR} ({sizes}) and {DATA_QUALITY}")
     return report
-
-
-
-
 
 
 if __name__ == "__main__":
