@@ -12,7 +12,7 @@ Reference, as in the notebooks this replaces:
         call per batch of 50. (The notebooks' literal `model(x)` would also run the augmentation
         layers of the crackxai model, making the attributions random; see crackxai/predictor.py.)
   lime  explain_instance(..., classifier_fn=model.predict, batch_size=10), lime's default.
-Ours: crackxai.xai.explainers.explain through the shared Predictor (lime with
+Ours: the Explainer from crackxai.xai.registry through the shared Predictor (lime with
 explain.lime.batch_size=50). The two runs must give the same attributions (np.allclose).
 The CAM methods call tf-keras-vis either way: their seconds per image only.
 
@@ -22,7 +22,7 @@ Timings are medians over images (and --repeats) after one untimed warm-up per pa
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import os
 import statistics
 import sys
@@ -35,19 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crackxai.config import EXPLAIN_METHODS, ExplainConfig  # noqa: E402
+from crackxai.config import ExplainConfig  # noqa: E402
 from crackxai.core.paths import MODEL_FILE  # noqa: E402
 from crackxai.data.synthetic import render  # noqa: E402
 from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor  # noqa: E402
 from crackxai.models.resnet import build_model  # noqa: E402
-from crackxai.xai.explainers import (  # noqa: E402
-    explain,
-    lime_explanation,
-    lime_map,
-    shap_explanation,
-    shap_map,
-)
+from crackxai.xai import registry  # noqa: E402
 
 SEED = 42
 
@@ -55,7 +49,7 @@ SEED = 42
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2, help="images timed per method (default 2)")
-    p.add_argument("--methods", default=",".join(EXPLAIN_METHODS))
+    p.add_argument("--methods", default=",".join(registry.NAMES))
     p.add_argument("--max-evals", type=int, default=500, help="SHAP max_evals (default 500)")
     p.add_argument("--num-samples", type=int, default=1000, help="LIME samples (default 1000)")
     p.add_argument("--repeats", type=int, default=1, help="timed passes over the images")
@@ -104,20 +98,22 @@ def main() -> None:
     predictor = Predictor(model, batch_size=cfg.batch_size)
     targets = predictor(images).argmax(1)
 
+    def build(method: str, predict, **overrides):  # noqa: ANN001, ANN202
+        section = getattr(cfg, method, None)  # explain.<method>, if the method has settings
+        section = dataclasses.asdict(section) if section is not None else {}
+        explainer = registry.create(method, model=model, predictor=predict, seed=SEED,
+                                    cam_min_size=cfg.cam_min_size, **{**section, **overrides})
+        return lambda im, t: explainer.explain(im[None], [t])[0]
+
     # the reference paths: the same explainer code, only the model function differs
     def eager(x: np.ndarray) -> np.ndarray:
         return model(x, training=False).numpy()
 
-    ref_lime_cfg = copy.deepcopy(cfg)
-    ref_lime_cfg.lime.batch_size = 10  # lime's default batch_size
-
     def predict(x: np.ndarray) -> np.ndarray:
         return model.predict(x, verbose=0)
 
-    refs = {
-        "shap": lambda im, t: shap_map(shap_explanation(eager, im, t, cfg, SEED)),
-        "lime": lambda im, t: lime_map(lime_explanation(predict, im, t, ref_lime_cfg, SEED), t),
-    }
+    refs = {"shap": build("shap", eager),
+            "lime": build("lime", predict, batch_size=10)}  # lime's default batch_size
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"model: {about}; {args.images} image(s) of {size}x{size}; SHAP {cfg.shap.masker} "
           f"max_evals={cfg.shap.max_evals} batch_size={cfg.shap.batch_size}; LIME "
@@ -129,9 +125,7 @@ def main() -> None:
               f"{'speed-up':>10}  same maps")
     rows = []
     for method in methods:
-        def ours(im: np.ndarray, t: int, method: str = method) -> np.ndarray:
-            return explain(method, model, predictor, im[None], np.array([t]), cfg, SEED)[0]
-
+        ours = build(method, predictor)
         ours(images[0], targets[0])  # warm-up: imports, tracing, the linear copy
         if method in refs:
             refs[method](images[0], targets[0])

@@ -14,7 +14,7 @@ import pytest
 from crackxai.data.synthetic import render
 from crackxai.models.resnet import build_model, imagenet_cache_path
 from crackxai.tools.explain_image import main
-from crackxai.xai.explainers import METHODS
+from crackxai.xai.registry import NAMES as METHODS
 
 TINY = ["explain.shap.max_evals=30", "explain.shap.batch_size=15", "explain.lime.num_samples=30",
         "explain.lime.batch_size=15", "explain.scorecam.max_N=4", "explain.faster_scorecam.max_N=2"]

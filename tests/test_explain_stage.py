@@ -23,12 +23,13 @@ from crackxai.core.errors import ConfigError
 from crackxai.core.io import staged_outputs
 from crackxai.data.processed import write_classes, write_split
 from crackxai.stages import explain
+from crackxai.xai import scoring, selection
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 CLASSES = ["Negative", "Positive"]
 N_TEST = 8
-METRIC_KEYS = set(explain.METRICS)
+METRIC_KEYS = set(scoring.METRICS)
 LOCALISATION = ("pointing_game", "energy_pointing_game", "topk_iou")
 
 
@@ -52,13 +53,13 @@ def test_select_images_includes_misclassified_and_both_classes():
     labels = np.array([0] * 50 + [1] * 50)
     predicted = labels.copy()
     predicted[[3, 60, 70, 80]] = 1 - labels[[3, 60, 70, 80]]  # 4 errors
-    picks = explain.select_images(labels, CountingPredict(predicted), 8, 3, seed=0, chunk=100)
+    picks = selection.select_images(labels, CountingPredict(predicted), 8, 3, seed=0, chunk=100)
     assert len(picks) == len(set(picks)) == 8
     assert (predicted[picks] != labels[picks]).sum() == 3  # errors up to max_misclassified
     assert set(labels[picks]) == {0, 1} and abs((labels[picks] == 0).sum() - 4) <= 1
-    assert np.array_equal(picks, explain.select_images(labels, CountingPredict(predicted), 8, 3,
+    assert np.array_equal(picks, selection.select_images(labels, CountingPredict(predicted), 8, 3,
                                                        seed=0, chunk=100))
-    assert not np.array_equal(picks, explain.select_images(labels, CountingPredict(predicted), 8,
+    assert not np.array_equal(picks, selection.select_images(labels, CountingPredict(predicted), 8,
                                                            3, seed=1, chunk=100))
 
 
@@ -67,16 +68,16 @@ def test_select_images_stops_predicting_early_and_handles_small_splits():
     predicted = labels.copy()
     predicted[::10] = 1 - predicted[::10]  # 10% wrong
     predict = CountingPredict(predicted)
-    picks = explain.select_images(labels, predict, 4, 2, seed=0, chunk=64)
+    picks = selection.select_images(labels, predict, 4, 2, seed=0, chunk=64)
     assert predict.asked == 64 and len(picks) == 4  # one chunk was enough
     tiny = np.array([0, 1, 1])
-    assert sorted(explain.select_images(tiny, CountingPredict(tiny), 10, 3, seed=0)) == [0, 1, 2]
+    assert sorted(selection.select_images(tiny, CountingPredict(tiny), 10, 3, seed=0)) == [0, 1, 2]
 
 
 def test_explicit_images_out_of_range_is_a_config_error():
-    assert explain.explicit_images([3, 1, 3], 5).tolist() == [3, 1]
+    assert selection.explicit_images([3, 1, 3], 5).tolist() == [3, 1]
     with pytest.raises(ConfigError, match=r"explain.images.*\[7, -1\].*0\.\.4"):
-        explain.explicit_images([0, 7, -1], 5)
+        selection.explicit_images([0, 7, -1], 5)
 
 
 def test_staged_outputs_swap_in_whole_and_only_on_success(tmp_path: Path):

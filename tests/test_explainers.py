@@ -8,6 +8,8 @@ and class 0's is all zeros, deterministically.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -18,9 +20,20 @@ from crackxai.data.synthetic import render
 from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.models.resnet import build_model
-from crackxai.xai.explainers import METHODS, explain, find_last_conv_layer, linear_model
+from crackxai.xai import registry
+from crackxai.xai.cam import find_last_conv_layer, linear_model
 
 SIZE = 64
+METHODS = registry.NAMES
+
+
+def explain(method, model, predictor, images, targets, cfg, seed, layer=None) -> np.ndarray:
+    """One explain() call with the method built from an ExplainConfig, as the explain stage does."""
+    section = getattr(cfg, method, None)  # explain.<method>, if the method has settings
+    section = dataclasses.asdict(section) if section is not None else {}
+    explainer = registry.create(method, model=model, predictor=predictor, seed=seed,
+                                layer=layer or cfg.layer, cam_min_size=cfg.cam_min_size, **section)
+    return explainer.explain(images, targets)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +213,7 @@ def test_linear_copy_follows_the_model_weights(model, predictor, images):
 def test_partition_tree_is_shaps_own():
     import shap
 
-    from crackxai.xai.explainers import _masker_class
+    from crackxai.xai.shap import _masker_class
 
     for shape in [(8, 8, 3), (64, 48, 3)]:
         ours = _masker_class()("inpaint_telea", shape).clustering

@@ -55,3 +55,17 @@ def test_comparison_grid_written(tmp_path, image):
     assert wide.format == "PNG"
     render.comparison_grid(images, {"gradcam": maps["gradcam"]}, ["a", "b"], tmp_path / "n.png")
     assert Image.open(tmp_path / "n.png").width < wide.width  # one column per method
+
+
+def test_import_chooses_no_backend_and_no_pyplot():
+    """Importing render changes nothing for the caller (no matplotlib.use, no pyplot state)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib; "
+            "before = dict.__getitem__(matplotlib.rcParams, 'backend'); "
+            "import crackxai.xai.render; "
+            "assert dict.__getitem__(matplotlib.rcParams, 'backend') is before; "
+            "assert 'matplotlib.pyplot' not in sys.modules")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr

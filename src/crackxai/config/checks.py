@@ -14,6 +14,7 @@ from crackxai.config.schema import (
     Config,
 )
 from crackxai.core.errors import ConfigError
+from crackxai.xai.shap import parse_blur_kernel
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -96,15 +97,3 @@ def check_values(cfg: Config) -> None:
            e.metrics.top_k_percent, "a number in (0, 100]")
     _check(e.metrics.randomize in RANDOMIZE, "explain.metrics.randomize", e.metrics.randomize,
            " | ".join(RANDOMIZE))
-
-
-def parse_blur_kernel(masker: str) -> tuple[int, int] | None:
-    """'blur(15,15)' -> (15, 15); anything else -> None."""
-    s = masker.replace(" ", "")
-    if not (s.startswith("blur(") and s.endswith(")")):
-        return None
-    try:
-        kx, ky = (int(v) for v in s[5:-1].split(","))
-    except ValueError:
-        return None
-    return (kx, ky) if kx > 0 and ky > 0 else None

@@ -5,8 +5,8 @@
         [--out DIR] [--size S] [--layer NAME] [--weights imagenet|none] [key=value ...]
 
 --model is a saved .keras classifier (raw 0-255 RGB in, probabilities out, as crackxai.stages.train
-saves it; class names from a classes.json beside it, else data/processed/classes.json, else
-class_<i>) or one of vgg16, vgg19, resnet50: the keras.applications ImageNet classifier, built
+saves it; class names from a classes.json beside it, else data/processed/classes.json, both read
+as the processed-data reader reads them, else class_<i>) or one of vgg16, vgg19, resnet50: the keras.applications ImageNet classifier, built
 flat with its own preprocess_input inside so it also takes raw 0-255 RGB. ImageNet weights are
 read from Keras's cache (~/.keras/models) or downloaded; `--weights none` gives random weights
 (to try the pipeline offline). ImageNet class names come from imagenet_class_index.json in the
@@ -15,7 +15,8 @@ same cache, else the class ids are shown.
 The image is any file OpenCV reads (decoded as the preprocess stage does it), resized to the
 model's input size (--size, default 224, for a model without a fixed size and for the ImageNet
 classifiers). The explained class is --target, else explain.target, else the predicted class.
-Methods (default: all six) and their settings come from conf/ (`explain.*`, Hydra overrides after
+Methods (crackxai.xai.registry; default: explain.methods, i.e. all six) are the explain stage's
+Explainer classes, each built from its `explain.<method>` section of conf/ (Hydra overrides after
 the options, e.g. explain.shap.max_evals=1000). Prints the top-5 predictions and writes into --out
 (default reports/explain_image/<image stem>/), all at once:
 
@@ -40,23 +41,20 @@ from typing import Any
 import keras
 import numpy as np
 
-from crackxai.config import Config, find_conf_dir, load_config
+from crackxai.config import Config, find_conf_dir, load_config, to_dict
 from crackxai.core.entry import fail, log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import atomic_dir
 from crackxai.core.paths import PROCESSED_DIR, REPORTS_DIR
+from crackxai.data.processed import read_classes
 from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.models.resnet import imagenet_cache_path, imagenet_reachable
-from crackxai.xai import render
-from crackxai.xai.explainers import (
-    CAM_METHODS,
-    METHODS,
-    explain,
-    lime_explanation,
-    lime_map,
-    resolve_layer,
-)
+from crackxai.xai import registry, render
+from crackxai.xai.base import Explainer
+from crackxai.xai.cam import resolve_layer
+from crackxai.xai.lime import LimeExplainer
+from crackxai.xai.shap import ShapExplainer
 
 STAGE = "explain_image"
 APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -79,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a saved .keras model, or vgg16 | vgg19 | resnet50 (ImageNet)")
     p.add_argument("--image", required=True, type=Path, help="an image file OpenCV reads")
     p.add_argument("--methods", default=None,
-                   help=f"comma-separated, from {','.join(METHODS)} (default: explain.methods, "
+                   help=f"comma-separated, from {','.join(registry.NAMES)} (default: explain.methods, "
                         "i.e. all six)")
     p.add_argument("--target", type=int, default=None,
                    help="class index to explain (default: explain.target, else the predicted one)")
@@ -157,16 +155,15 @@ def imagenet_names(download: bool) -> list[str] | None:
 
 
 def class_names_for(model_path: Path, num_classes: int) -> tuple[list[str], str]:
-    """Class names of a pipeline model and where they came from."""
-    for path in (model_path.parent / "classes.json", PROCESSED_DIR / "classes.json"):
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            names = data.get("classes") if isinstance(data, dict) else data
-            if isinstance(names, list) and len(names) == num_classes:
-                return [str(n) for n in names], str(path)
+    """Class names of a pipeline model and where they came from: the first classes.json (beside
+    the model, else data/processed) that reads and has one name per output."""
+    for folder in (model_path.parent, PROCESSED_DIR):
+        try:
+            names = read_classes(folder)
+        except (DataError, OSError, ValueError, LookupError, TypeError):  # absent or malformed
+            continue
+        if len(names) == num_classes:
+            return [str(n) for n in names], str(Path(folder) / "classes.json")
     return [f"class_{i}" for i in range(num_classes)], "none found: class_<i>"
 
 
@@ -236,6 +233,11 @@ def input_size(model: keras.Model, size: int) -> tuple[int, int]:
 
 
 def save_shap_plot(path: Path, image: np.ndarray, attribution: np.ndarray, label: str) -> None:
+    """SHAP's own signed plot. shap.image_plot draws with pyplot: Agg, as this tool only writes
+    files (chosen here, when the plot is drawn, not at import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import shap
 
@@ -245,17 +247,6 @@ def save_shap_plot(path: Path, image: np.ndarray, attribution: np.ndarray, label
     plt.close("all")
 
 
-def lime_picture(explanation, target: int, cfg: Config) -> np.ndarray:  # noqa: ANN001
-    from skimage.segmentation import mark_boundaries
-
-    lc = cfg.explain.lime
-    shown, mask = explanation.get_image_and_mask(target, positive_only=lc.positive_only,
-                                                 num_features=lc.num_features,
-                                                 hide_rest=lc.hide_rest)
-    picture = mark_boundaries(np.asarray(shown, np.float64) / 255.0, mask)
-    return np.clip(np.round(picture * 255.0), 0, 255).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -263,10 +254,10 @@ def lime_picture(explanation, target: int, cfg: Config) -> np.ndarray:  # noqa: 
 
 def parse_methods(text: str | None, default: list[str]) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()] if text else list(default)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registry.NAMES]
     if unknown or not methods:
         raise ConfigError(f"--methods: unknown method(s) {unknown or '(none given)'}. Choose from: "
-                          f"{', '.join(METHODS)} (comma-separated).")
+                          f"{', '.join(registry.NAMES)} (comma-separated).")
     return list(dict.fromkeys(methods))
 
 
@@ -279,6 +270,15 @@ def config(overrides: list[str]) -> Config:
             raise
         return Config()
     return load_config(overrides)
+
+
+def build(cfg: Config, method: str, model: keras.Model, predictor: Predictor,
+          layer: str | None) -> Explainer:
+    """The Explainer for `method`, from its explain.<method> section (if it has one), as the
+    explain stage builds it."""
+    section = to_dict(cfg)["explain"].get(method, {})
+    return registry.create(method, model=model, predictor=predictor, seed=cfg.seed, layer=layer,
+                           cam_min_size=cfg.explain.cam_min_size, **section)
 
 
 def explain_image(args: argparse.Namespace) -> Path:
@@ -302,7 +302,7 @@ def explain_image(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--target {target}: the model has {len(probs)} classes "
                           f"(0..{len(probs) - 1}).")
     layer = args.layer or cfg.explain.layer
-    if any(m in CAM_METHODS for m in methods):
+    if any(registry.get(m).is_cam for m in methods):
         layer = resolve_layer(model, layer, cfg.explain.cam_min_size)
     log(STAGE, f"explaining class {target} ({names[target]}, p={probs[target]:.4f}) with "
                f"{', '.join(methods)}" + (f"; CAM layer {layer}" if layer else ""))
@@ -313,18 +313,18 @@ def explain_image(args: argparse.Namespace) -> Path:
     with atomic_dir(out) as tmp:
         for method in methods:
             start = time.perf_counter()
-            if method == "lime":  # the explanation object too, for LIME's own picture
-                lime = lime_explanation(predictor, image, target, cfg.explain, cfg.seed)
-                maps[method] = lime_map(lime, target)
-                render.save_png(tmp / "lime_mask.png", lime_picture(lime, target, cfg))
+            explainer = build(cfg, method, model, predictor, layer)
+            if isinstance(explainer, LimeExplainer):  # the explanation too, for LIME's picture
+                lime = explainer.explanation(image, target)
+                maps[method] = explainer.map_of(lime, target)
+                render.save_png(tmp / "lime_mask.png", explainer.picture(lime, target))
             else:
-                maps[method] = explain(method, model, predictor, image[None], np.array([target]),
-                                       cfg.explain, cfg.seed, layer=layer)[0]
+                maps[method] = explainer.explain(image[None], [target])[0]
             seconds[method] = round(time.perf_counter() - start, 3)
             log(STAGE, f"{method}: {seconds[method]:.1f} s")
             np.save(tmp / f"{method}.npy", maps[method])
             render.save_png(tmp / f"{method}.png", render.overlay(image, maps[method]))
-            if method == "shap":
+            if isinstance(explainer, ShapExplainer):  # and SHAP's own signed plot
                 save_shap_plot(tmp / "shap_values.png", image, maps[method], names[target])
         render.comparison_grid(image[None], {m: a[None] for m, a in maps.items()},
                                [f"{names[target]}\np={probs[target]:.2f}"], tmp / "grid.png")

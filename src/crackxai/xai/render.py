@@ -3,6 +3,9 @@
 Overlays show the *positive* evidence for the target class: negative values (signed SHAP and LIME
 maps) are clipped to 0, then the map is divided by its maximum, so every method is drawn on the
 same 0 (blue) .. strongest evidence (red) scale and 0 always means "no evidence for the class".
+
+Figures use matplotlib's object API (a Figure on its own Agg canvas): no pyplot state and no
+backend chosen at import, so importing this module changes nothing for the caller.
 """
 
 from __future__ import annotations
@@ -13,13 +16,11 @@ from pathlib import Path
 import cv2
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
 from crackxai.core.io import atomic_path
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 JET = matplotlib.colormaps["jet"]
 
@@ -60,8 +61,9 @@ def comparison_grid(
     method's overlay. `maps_by_method[m]` is (N, H, W)."""
     methods = list(maps_by_method)
     n_rows, n_cols = len(images), 1 + len(methods)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.2 * n_rows + 0.4),
-                             squeeze=False)
+    fig = Figure(figsize=(2.0 * n_cols, 2.2 * n_rows + 0.4))
+    FigureCanvasAgg(fig)  # files only: the Agg canvas, whatever pyplot's backend is
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, image in enumerate(images):
         cells = [image] + [overlay(image, maps_by_method[m][i], alpha) for m in methods]
         for j, cell in enumerate(cells):
@@ -78,4 +80,3 @@ def comparison_grid(
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

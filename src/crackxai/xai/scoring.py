@@ -1,0 +1,162 @@
+"""How good are a method's maps on the selected images: per-image records and their summary.
+
+Metrics (crackxai.xai.metrics) per method, averaged over images:
+
+    deletion_auc, insertion_auc      Petsiuk et al. 2018 (lower / higher is better)
+    pointing_game                    Zhang et al. 2016: the map's maximum within 15 px (at 224 px,
+                                     scaled: 4 px at 64) of the mask (higher is better)
+    energy_pointing_game             Wang et al. 2020 with the crack mask (higher is better)
+    topk_iou                         IoU of the top `top_k_percent` % with the mask
+    sanity_abs_spearman              mean |Spearman rho| between the maps of the trained model and
+                                     of a copy with re-initialised top layers (Adebayo et al. 2018;
+                                     lower is better: the map depends on what the model learnt;
+                                     the per-image records have the signed rho as sanity_spearman)
+    seconds_per_image, evals_per_image  cost of the explanation alone: wall seconds, and images
+                                     through the predictor (SHAP, LIME, Score-CAM's masked
+                                     copies); a gradient CAM's forward+backward pass counts as 1
+
+Localisation needs a ground-truth mask: images without one get NaN and, if no image has one, the
+summary says None (JSON null), never 0. The `random_baseline` entry is what a map without
+information scores: a seeded uniform-noise map for the AUCs, IoU and energy, and the expected hit
+of a uniformly random point for the pointing game.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from crackxai.xai import metrics as EM
+from crackxai.xai import render
+from crackxai.xai.base import Explainer
+from crackxai.xai.selection import Selection
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game", "topk_iou",
+           "sanity_abs_spearman", "seconds_per_image", "evals_per_image")
+BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "pointing_game": "higher",
+          "energy_pointing_game": "higher", "topk_iou": "higher", "sanity_abs_spearman": "lower",
+          "seconds_per_image": "lower", "evals_per_image": "lower"}
+LOCALISATION = ("pointing_game", "energy_pointing_game", "topk_iou")
+RANDOM_BASELINE = "random_baseline"
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Which quality metrics to compute and how (the explain.metrics settings, plus the seed)."""
+
+    faithfulness: bool = True
+    baseline: str = "blur"
+    steps: int = 20
+    localisation: bool = True
+    top_k_percent: float = 5.0
+    sanity: bool = True
+    randomize: str = "head"
+    seed: int = 0
+
+
+def score_map(attribution: np.ndarray, image: np.ndarray, target: int, mask: np.ndarray | None,
+              predictor: Predict, quality: Quality) -> dict[str, float]:
+    """Faithfulness and localisation of one map (NaN where disabled or without a mask)."""
+    q = quality
+    out = dict.fromkeys(("deletion_auc", "insertion_auc", *LOCALISATION), float("nan"))
+    if q.faithfulness:
+        out.update(EM.faithfulness(predictor, image, attribution, target, q.baseline, q.steps,
+                                   seed=q.seed))
+    if q.localisation:
+        out.update(EM.localisation(attribution, mask, q.top_k_percent, seed=q.seed))
+    return out
+
+
+def explain_selection(explainer: Explainer, sel: Selection, predictor: Predict, quality: Quality,
+                      out: Path, sanity: Explainer | None = None
+                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Maps of every selected image, one image per call (so the cost is per image), saved under
+    `out` as maps/<method>/<name>.npy with their overlays/<method>/<name>.png, and one metrics
+    record each. `sanity` is the same method on a model with re-initialised layers."""
+    method = explainer.name
+    maps = np.zeros(sel.images.shape[:3], dtype=np.float32)
+    records = []
+    for n in tqdm(range(len(sel.rows)), desc=method, unit="img", leave=False):
+        image, target = sel.images[n], int(sel.targets[n])
+        attribution, seconds, evals = explainer.explain_with_cost(image[None], [target])
+        maps[n] = attribution[0]
+        rho = float("nan")
+        if sanity is not None:
+            rho = EM.rank_correlation(maps[n], sanity.explain(image[None], [target])[0])
+        records.append({"row": n, "method": method,
+                        **score_map(maps[n], image, target, sel.masks[n], predictor, quality),
+                        "sanity_spearman": rho, "seconds": seconds, "model_evals": evals})
+        (out / "maps" / method).mkdir(parents=True, exist_ok=True)
+        np.save(out / "maps" / method / f"{sel.names[n]}.npy", maps[n])
+        render.save_png(out / "overlays" / method / f"{sel.names[n]}.png",
+                        render.overlay(image, maps[n]))
+    return maps, records
+
+
+@contextlib.contextmanager
+def distinct_warnings() -> Iterator[list[str]]:
+    """Collects the first line of each distinct warning raised inside the block (deprecations
+    left out), so a caller can report a method's warnings once rather than once per image."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield messages
+    hidden = (DeprecationWarning, PendingDeprecationWarning)
+    messages.extend(dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                  if not issubclass(w.category, hidden)))
+
+
+def random_baseline(sel: Selection, predictor: Predict, quality: Quality) -> list[dict[str, Any]]:
+    """What a map without information scores: seeded uniform noise for the AUCs, IoU and energy;
+    the expected hit of a uniformly random point for the pointing game."""
+    records = []
+    for n, index in enumerate(sel.rows):
+        noise = np.random.default_rng([quality.seed, int(index)]).random(sel.images.shape[1:3])
+        scores = score_map(noise, sel.images[n], int(sel.targets[n]), sel.masks[n], predictor,
+                           quality)
+        if quality.localisation:
+            scores["pointing_game"] = EM.pointing_game_chance(sel.masks[n])
+        records.append({"row": n, "method": RANDOM_BASELINE, **scores})
+    return records
+
+
+def per_image_table(info: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (image, method): what the model says about the image, then the metrics."""
+    per_image = info.merge(pd.DataFrame(records), on="row")
+    per_image["model_evals"] = per_image["model_evals"].astype("Int64")  # blank, not NaN
+    return per_image
+
+
+def mean_or_none(values: pd.Series) -> float | None:
+    """Mean over the images where the metric exists; None (JSON null, DVC '-') where none has it."""
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
+def summarise(per_image: pd.DataFrame, methods: list[str], info: pd.DataFrame) -> dict[str, Any]:
+    """{method: {metric: mean over images, or None}}, the random baseline, and what the images
+    were."""
+    out: dict[str, Any] = {}
+    for method in [*methods, RANDOM_BASELINE]:
+        d = per_image[per_image["method"] == method]
+        if d.empty:
+            continue
+        values = {k: mean_or_none(d[k]) for k in ("deletion_auc", "insertion_auc", *LOCALISATION)}
+        if method != RANDOM_BASELINE:
+            values["sanity_abs_spearman"] = mean_or_none(d["sanity_spearman"].abs())
+            values["seconds_per_image"] = float(d["seconds"].mean())
+            values["evals_per_image"] = float(d["model_evals"].mean())
+        out[method] = values
+    out["images"] = {"n": len(info), "misclassified": int(info["misclassified"].sum()),
+                     "with_mask": int(info["has_mask"].sum())}
+    return out

@@ -1,0 +1,104 @@
+"""SHAP: the Partition explainer over pixels, one image at a time.
+
+The masker is shap.maskers.Image (`inpaint_telea`, `inpaint_ns` or `blur(k,k)`); the map is the
+SHAP value for the target class summed over the 3 channels (signed: > 0 raises the class score).
+Reproducible: Partition breaks ties with NumPy's global RNG, so it is seeded before each image
+(and restored after). Every image uses the same seed, so an image's map does not depend on the
+other images in the call.
+
+Import-light (no shap, no TensorFlow at import): the config layer imports `parse_blur_kernel`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crackxai.xai.base import Explainer, Predict
+
+if TYPE_CHECKING:
+    import keras
+
+INPAINT_MASKERS = ("inpaint_telea", "inpaint_ns")
+
+
+def parse_blur_kernel(masker: str) -> tuple[int, int] | None:
+    """'blur(15,15)' -> (15, 15); anything else -> None."""
+    s = masker.replace(" ", "")
+    if not (s.startswith("blur(") and s.endswith(")")):
+        return None
+    try:
+        kx, ky = (int(v) for v in s[5:-1].split(","))
+    except ValueError:
+        return None
+    return (kx, ky) if kx > 0 and ky > 0 else None
+
+
+_PARTITION_TREES: dict[tuple[int, ...], np.ndarray] = {}
+
+
+@functools.cache
+def _masker_class() -> type:
+    """shap.maskers.Image, its fixed pixel partition tree built by the plain-Python form of shap's
+    own numba kernel (the same tree) and kept per image shape: compiling that kernel costs 15-45 s
+    in every new process, for a tree that takes 0.2 s to build."""
+    import shap
+    from shap.maskers import _image
+
+    kernel = getattr(getattr(_image, "_jit_build_partition_tree", None), "py_func", None)
+
+    class ImageMasker(shap.maskers.Image):
+        def build_partition_tree(self) -> None:
+            key = tuple(int(v) for v in self.input_shape)
+            if kernel is None or len(key) != 3:  # another shap version: its own way
+                return super().build_partition_tree()
+            if key not in _PARTITION_TREES:
+                h, w, c = key
+                tree = np.zeros((h * w * c - 1, 4))
+                kernel(0, h, 0, w, 0, c, w, c, h * w * c, tree, [(0, 0, h, 0, w, 0, c, -1, False)])
+                _PARTITION_TREES[key] = tree
+            self.clustering = _PARTITION_TREES[key].copy()
+
+    return ImageMasker
+
+
+class ShapExplainer(Explainer):
+    """SHAP Partition explainer (shap.maskers.Image), `max_evals` model evaluations per image in
+    batches of `batch_size`."""
+
+    def __init__(self, model: keras.Model | None, predictor: Predict, *, seed: int = 0,
+                 masker: str = "inpaint_telea", max_evals: int = 500, batch_size: int = 50):
+        super().__init__(model, predictor, seed=seed)
+        self.masker, self.max_evals, self.batch_size = masker, int(max_evals), int(batch_size)
+
+    def explanation(self, image: np.ndarray, target: int,
+                    class_names: Sequence[str] | None = None) -> Any:  # shap.Explanation
+        """SHAP Partition explanation of one image (H, W, 3) for one class: values
+        (1, H, W, 3, 1)."""
+        import shap
+
+        blur = parse_blur_kernel(self.masker)
+        masker = _masker_class()(f"blur({blur[0]},{blur[1]})" if blur else self.masker,
+                                 image.shape)
+        names = list(class_names) if class_names is not None else None
+        explainer = shap.Explainer(self.predictor, masker, output_names=names,
+                                   algorithm="partition")
+        state = np.random.get_state()
+        np.random.seed(self.seed)  # Partition breaks ties with np.random.randn()
+        try:
+            return explainer(image[None].astype(np.float32), max_evals=self.max_evals,
+                             batch_size=self.batch_size, outputs=[int(target)], silent=True)
+        finally:
+            np.random.set_state(state)
+
+    @staticmethod
+    def map_of(explanation: Any) -> np.ndarray:
+        """The (H, W) map of an explanation: SHAP values summed over the channels."""
+        return np.asarray(explanation.values[0, ..., 0], np.float32).sum(axis=-1)
+
+    def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return np.stack([self.map_of(self.explanation(im, t))
+                         for im, t in zip(images, targets, strict=True)])
