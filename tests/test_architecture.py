@@ -135,9 +135,58 @@ def parse_edges(module: str, path: Path, known: set[str]) -> list[Edge]:
     return [e for e in edges if e.target == PKG or e.target.startswith(PKG + ".")]
 
 
+# Registries import their entries by a computed name (importlib), which the AST cannot follow:
+# a module that calls one of these loaders gets an edge to every module the registry table names.
+# Importing a registry only for its names (config does) loads none of them.
+REGISTRIES = {f"{PKG}.xai.registry": ("get", "create", "names_where"),
+              f"{PKG}.data.sources": ("fetch",)}
+
+
+def registry_targets(path: Path) -> list[str]:
+    """The modules a registry table names: string values "pkg.mod" or "pkg.mod:Attr"."""
+    return sorted({node.value.split(":")[0] for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                   and node.value.startswith(PKG + ".")})
+
+
+def registry_edges(module: str, path: Path, registries: dict[str, list[str]]) -> list[Edge]:
+    """Edges to a registry's entries from a module that calls its loader (`registry.create(...)`,
+    or `create(...)` imported from it)."""
+    tree = ast.parse(path.read_text())
+    modules: dict[str, str] = {}  # local name -> registry module
+    loaders: dict[str, str] = {}  # local name of an imported loader -> registry module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if full in registries:
+                    modules[a.asname or a.name] = full
+                elif node.module in registries and a.name in REGISTRIES[node.module]:
+                    loaders[a.asname or a.name] = node.module
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in registries and a.asname:
+                    modules[a.asname] = a.name
+    edges = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f, reg = node.func, None
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
+                and f.value.id in modules and f.attr in REGISTRIES[modules[f.value.id]]:
+            reg = modules[f.value.id]
+        elif isinstance(f, ast.Name) and f.id in loaders:
+            reg = loaders[f.id]
+        if reg and reg != module:
+            edges += [Edge(module, t, node.lineno, dynamic=True) for t in registries[reg]]
+    return edges
+
+
 def build_graph(root: Path = SRC) -> Graph:
     files = module_files(root)
     edges = [e for m, p in files.items() for e in parse_edges(m, p, set(files))]
+    registries = {r: registry_targets(files[r]) for r in REGISTRIES if r in files}
+    edges += [e for m, p in files.items() for e in registry_edges(m, p, registries)]
     return Graph(root, files, edges)
 
 
@@ -353,17 +402,15 @@ def test_name_lists_stay_import_light(graph: Graph) -> None:
         assert not imports, f"{graph.rel(module)}:{imports[0]}: keep this module import-free"
 
 
-def test_registries_resolve_lazily_by_name(graph: Graph) -> None:
-    """xai.registry imports its Explainer classes by a computed name, which the graph does not
-    follow: config imports the registry for the names only. Whatever calls registry.get must
-    import the explainers itself (the explain stage does), so no stage's deps miss them."""
-    callers = [graph.rel(m) for m, p in graph.files.items()
-               if re.search(r"\bregistry\.get\(|from crackxai\.xai\.registry import [^\n]*\bget\b",
-                            p.read_text())]
-    for rel in callers:
-        module = next(m for m in graph.files if graph.rel(m) == rel)
-        assert f"{PKG}.xai.explainers" in closure(graph, [module]), \
-            f"{rel} calls xai.registry.get without importing crackxai.xai.explainers"
+def test_registry_entries_exist_and_callers_depend_on_them(graph: Graph) -> None:
+    """Every module a registry names exists, and the stages that load entries (explain: methods,
+    download: sources) have them in their closure, so dvc.yaml's deps cover them."""
+    for reg in REGISTRIES:
+        for target in registry_targets(graph.files[reg]):
+            assert target in graph.files, f"{graph.rel(reg)} names {target}, which does not exist"
+    assert f"{PKG}.xai.cam" in stage_closure(graph, "explain")
+    assert f"{PKG}.data.kaggle" in stage_closure(graph, "download")
+    assert f"{PKG}.xai.cam" not in stage_closure(graph, "train")  # names only, via config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from crackxai.config.schema import (
     Config,
 )
 from crackxai.core.errors import ConfigError
-from crackxai.xai.shap import parse_blur_kernel
+from crackxai.xai.options import INPAINT_MASKERS, SEGMENTATION_ALGOS, parse_blur_kernel
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -78,16 +78,16 @@ def check_values(cfg: Config) -> None:
     _check(e.target is None or e.target >= 0, "explain.target", e.target,
            "null (the predicted class) or a class index >= 0")
     masker = e.shap.masker
-    _check(masker in ("inpaint_telea", "inpaint_ns") or parse_blur_kernel(masker) is not None,
-           "explain.shap.masker", masker, "inpaint_telea | inpaint_ns | blur(k,k), e.g. blur(15,15)")
+    _check(masker in INPAINT_MASKERS or parse_blur_kernel(masker) is not None,
+           "explain.shap.masker", masker, " | ".join(INPAINT_MASKERS) + " | blur(k,k), e.g. blur(15,15)")
     _check(e.cam_min_size >= 1, "explain.cam_min_size", e.cam_min_size, "an integer >= 1")
     _check(e.shap.max_evals > 1, "explain.shap.max_evals", e.shap.max_evals, "an integer > 1")
     _check(e.shap.batch_size > 0, "explain.shap.batch_size", e.shap.batch_size, "> 0")
     _check(e.lime.num_samples > 0, "explain.lime.num_samples", e.lime.num_samples, "> 0")
     _check(e.lime.num_features > 0, "explain.lime.num_features", e.lime.num_features, "> 0")
-    _check(e.lime.segmentation.algo in ("quickshift", "slic", "felzenszwalb"),
+    _check(e.lime.segmentation.algo in SEGMENTATION_ALGOS,
            "explain.lime.segmentation.algo", e.lime.segmentation.algo,
-           "quickshift | slic | felzenszwalb")
+           " | ".join(SEGMENTATION_ALGOS))
     _check(e.faster_scorecam.max_N > 0, "explain.faster_scorecam.max_N",
            e.faster_scorecam.max_N, "a positive integer (e.g. 10)")
     _check(e.metrics.baseline in BASELINES, "explain.metrics.baseline", e.metrics.baseline,

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import keras
 
 SEGMENTATION = {"algo": "quickshift", "kernel_size": 4, "max_dist": 200, "ratio": 0.2}
-SEGMENTATION_ALGOS = ("quickshift", "slic", "felzenszwalb")
 
 
 class LimeExplainer(Explainer):

@@ -8,12 +8,9 @@ in xai/ plus one line here. A method's settings section in conf/explain is named
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crackxai.core.errors import CrackxaiError
-
-if TYPE_CHECKING:
-    from crackxai.xai.base import Explainer
 
 METHODS: dict[str, str] = {
     "shap": "crackxai.xai.shap:ShapExplainer",
@@ -26,8 +23,8 @@ METHODS: dict[str, str] = {
 NAMES: tuple[str, ...] = tuple(METHODS)
 
 
-def get(name: str) -> type[Explainer]:
-    """The Explainer class registered as `name`."""
+def get(name: str) -> type:
+    """The Explainer class (crackxai.xai.base.Explainer) registered as `name`."""
     if name not in METHODS:
         raise CrackxaiError(f"Unknown explanation method '{name}'. Choose from: "
                             f"{', '.join(NAMES)}.")
@@ -35,8 +32,8 @@ def get(name: str) -> type[Explainer]:
     return getattr(importlib.import_module(module), attr)
 
 
-def create(name: str, **kwargs: Any) -> Explainer:
-    """An Explainer for method `name`: model=, predictor=, the shared settings (seed=, layer=,
+def create(name: str, **kwargs: Any) -> Any:
+    """An Explainer (crackxai.xai.base) for method `name`: model=, predictor=, the shared settings (seed=, layer=,
     cam_min_size=, each taken only by the methods that use it) and the method's own settings."""
     explainer = get(name).create(**kwargs)
     explainer.name = name

@@ -6,7 +6,7 @@ Reproducible: Partition breaks ties with NumPy's global RNG, so it is seeded bef
 (and restored after). Every image uses the same seed, so an image's map does not depend on the
 other images in the call.
 
-Import-light (no shap, no TensorFlow at import): the config layer imports `parse_blur_kernel`.
+shap is imported on use (the module stays import-light).
 """
 
 from __future__ import annotations
@@ -18,23 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crackxai.xai.base import Explainer, Predict
+from crackxai.xai.options import parse_blur_kernel
 
 if TYPE_CHECKING:
     import keras
 
-INPAINT_MASKERS = ("inpaint_telea", "inpaint_ns")
 
 
-def parse_blur_kernel(masker: str) -> tuple[int, int] | None:
-    """'blur(15,15)' -> (15, 15); anything else -> None."""
-    s = masker.replace(" ", "")
-    if not (s.startswith("blur(") and s.endswith(")")):
-        return None
-    try:
-        kx, ky = (int(v) for v in s[5:-1].split(","))
-    except ValueError:
-        return None
-    return (kx, ky) if kx > 0 and ky > 0 else None
 
 
 _PARTITION_TREES: dict[tuple[int, ...], np.ndarray] = {}
