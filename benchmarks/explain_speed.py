@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crackxai.config import ExplainConfig  # noqa: E402
+from crackxai.config import default_config  # noqa: E402
 from crackxai.core.paths import MODEL_FILE  # noqa: E402
 from crackxai.data.synthetic import render  # noqa: E402
 from crackxai.models.io import load_model
@@ -93,7 +93,7 @@ def main() -> None:
     images = np.stack([render(np.random.default_rng([SEED, i]), crack=i % 2 == 0, size=size)[0]
                        for i in range(args.images + 1)])  # the first one is the warm-up
     model, about = pipeline_model(images)
-    cfg = ExplainConfig()
+    cfg = default_config().explain
     cfg.shap.max_evals, cfg.lime.num_samples = args.max_evals, args.num_samples
     predictor = Predictor(model, batch_size=cfg.batch_size)
     targets = predictor(images).argmax(1)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from crackxai.config import Config
+from crackxai.config import default_config
 from crackxai.data.processed import load_split, write_classes, write_split
 from crackxai.models.resnet import build_model, set_backbone_trainable
 from crackxai.models.training import configure_runtime, make_dataset
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("head", "full"), default="head")
     args = parser.parse_args()
 
-    cfg = Config()
+    cfg = default_config()
     configure_runtime(cfg.train.precision, cfg.seed, cfg.train.deterministic)
     with tempfile.TemporaryDirectory() as tmp:
         split = load_split("train", make_split(Path(tmp), args.n, args.size))

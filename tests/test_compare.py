@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
-from crackxai.config import validate
+from crackxai.config import default_config
 from crackxai.core.errors import CrackxaiError
 from crackxai.tools.compare import compare, differing_params, load_runs, main
 from crackxai.tracking.runs import config_params
@@ -22,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def log_model_run(client: mlflow.MlflowClient, exp_id: str, name: str, start: int,
                   overrides: dict, metrics: dict[str, float]) -> str:
     """A model run as the pipeline logs it (all config params, dotted), plus an explain child."""
-    cfg = validate(overrides)
+    cfg = default_config(overrides)
     run = client.create_run(exp_id, start_time=start, run_name=name,
                             tags={"crackxai.stage": "train"})
     rid = run.info.run_id

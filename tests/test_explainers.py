@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from crackxai.config import ExplainConfig
+from crackxai.config import ExplainConfig, default_config
 from crackxai.core.errors import CrackxaiError
 from crackxai.data.synthetic import render
 from crackxai.models.io import load_model
@@ -63,7 +63,7 @@ def predictor(model: keras.Model) -> Predictor:
 
 
 def small_cfg() -> ExplainConfig:
-    cfg = ExplainConfig()
+    cfg = default_config().explain
     cfg.shap.max_evals = 40
     cfg.shap.batch_size = 20
     cfg.lime.num_samples = 40
@@ -130,7 +130,8 @@ def test_target_changes_the_map(model, predictor, images):
 def test_cam_layer_is_the_last_feature_map_of_at_least_cam_min_size(model):
     assert find_last_conv_layer(model) == "conv5_block3_out"  # 2x2 at 64 px
     assert find_last_conv_layer(model, min_size=4) == "conv4_block6_out"
-    assert find_last_conv_layer(model, min_size=ExplainConfig().cam_min_size) == "conv3_block4_out"
+    default_min_size = default_config().explain.cam_min_size
+    assert find_last_conv_layer(model, min_size=default_min_size) == "conv3_block4_out"
     assert find_last_conv_layer(model, min_size=1000) == "conv5_block3_out"  # none: the last
     full = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
     assert find_last_conv_layer(full, min_size=7) == "conv5_block3_out"  # 7x7 at 224 px

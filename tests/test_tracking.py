@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import requests
 
-from crackxai.config import validate
+from crackxai.config import default_config
 from crackxai.tracking import runs as tracking
 
 VENV_BIN = Path(sys.executable).parent
@@ -31,10 +31,10 @@ WRITER = textwrap.dedent("""
     from pathlib import Path
     import keras, mlflow, tensorflow  # noqa: F401
     from crackxai.tracking import runs as tracking
-    from crackxai.config import validate
+    from crackxai.config import default_config
 
     i, go, steps = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    cfg = validate({"train": {"lr": 10.0 ** -(i + 1)}})
+    cfg = default_config({"train": {"lr": 10.0 ** -(i + 1)}})
     Path(f"ready{i}").touch()
     while not go.exists():
         time.sleep(0.01)
@@ -112,7 +112,7 @@ def test_store_resolves_to_dvc_root_for_queued_experiments(project: Path,
 def test_nested_run_stays_in_model_experiment(project: Path) -> None:
     """evaluate/explain reopen the model's run from models/mlflow_run.json; the explain child run
     hangs under it in the same experiment (MLflow would otherwise put it in 'Default')."""
-    cfg = validate({"tracking": {"experiment": "crackxai"}})
+    cfg = default_config({"tracking": {"experiment": "crackxai"}})
     run = tracking.start_model_run(cfg)
     tracking.write_run_file(run, project / "run.json")
     mlflow.end_run()
@@ -172,7 +172,7 @@ def test_run_logged_to_tracking_server(project: Path, mlflow_server: tuple[str, 
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     uri, art = mlflow_server
     monkeypatch.setenv("DVC_EXP_NAME", "shared-lr-1e-4")
-    cfg = validate({"train": {"lr": 1e-4}, "tracking": {"uri": uri, "experiment": "team"}})
+    cfg = default_config({"train": {"lr": 1e-4}, "tracking": {"uri": uri, "experiment": "team"}})
     run = tracking.start_model_run(cfg)
     try:
         mlflow.log_metrics({"train/loss": 0.4, "test/accuracy": 0.875})

@@ -1,159 +1,174 @@
-"""The configuration schema: one dataclass per section of conf/, with the types and defaults."""
+"""The configuration schema: one dataclass per section of conf/, with the types only.
+
+The values live once, in conf/*.yaml (composed by Hydra, dumped to params.yaml by DVC); every leaf
+here is `MISSING`, so a value missing from conf/ or params.yaml is an error naming its key instead
+of a second, silently different default. `default_config()` (crackxai.config) gives the defaults.
+Sections are `default_factory` so the schema knows every dotted key (for "did you mean ...?").
+The allowed values of the string leaves are spelled here once, or imported from the domain module
+that owns them (data.sources, xai.registry, xai.options), and used by the checks in checks.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
 
 from crackxai.data.sources import SOURCES as DATA_SOURCES  # noqa: F401 - for the checks
-from crackxai.xai.registry import NAMES as EXPLAIN_METHODS
+from crackxai.xai.registry import NAMES as EXPLAIN_METHODS  # noqa: F401 - for the checks
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-SHAP_MASKERS = ("inpaint_telea", "inpaint_ns", "blur(k,k)")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # keras.mixed_precision policies
 BASELINES = ("blur", "mean", "black")
 RANDOMIZE = ("head", "top_block", "top_2_blocks")
+MODEL_NAMES = ("resnet50",)
 MIN_IMAGE_SIZE = 32  # keras.applications.ResNet50(include_top=False) refuses smaller inputs
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit unsigned
 
 
 @dataclass
 class SyntheticConfig:
-    n_per_class: int = 1000
-    image_size: int = 227
-    difficulty: float = 0.5
+    n_per_class: int = MISSING
+    image_size: int = MISSING
+    difficulty: float = MISSING
 
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"
-    path: str | None = None
-    kaggle_dataset: str = "arunrk7/surface-crack-detection"
-    limit_per_class: int | None = None
+    source: str = MISSING
+    path: str | None = MISSING
+    kaggle_dataset: str = MISSING
+    limit_per_class: int | None = MISSING
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class SplitConfig:
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
+    train: float = MISSING
+    val: float = MISSING
+    test: float = MISSING
 
 
 @dataclass
 class PreprocessConfig:
-    image_size: int = 64
+    image_size: int = MISSING
     split: SplitConfig = field(default_factory=SplitConfig)
-    min_good_fraction: float = 0.9
-    min_source_size: int = 32
-    workers: int = 2  # threads for decode+resize+hash; 0 = in the main thread
+    min_good_fraction: float = MISSING
+    min_source_size: int = MISSING
+    workers: int = MISSING
 
 
 @dataclass
 class AugmentConfig:
-    flip: bool = True
-    translate: float = 0.1
+    flip: bool = MISSING
+    translate: float = MISSING
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet50"
-    weights: str | None = None
-    dropout: float = 0.2
+    name: str = MISSING
+    weights: str | None = MISSING
+    dropout: float = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class FineTuneConfig:
-    unfreeze: int = 0
-    lr: float = 1e-5
-    epochs: int = 0
+    unfreeze: int = MISSING
+    lr: float = MISSING
+    epochs: int = MISSING
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 5
-    patience: int = 2
+    lr: float = MISSING
+    batch_size: int = MISSING
+    epochs: int = MISSING
+    patience: int = MISSING
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
-    precision: str = "float32"
-    deterministic: bool = True
+    precision: str = MISSING
+    deterministic: bool = MISSING
 
 
 @dataclass
 class EvaluateConfig:
-    threshold: float = 0.5
-    gallery_size: int = 8
-    batch_size: int = 64
-    positive_class: str | None = None  # null: "Positive" if a class has that name, else the 2nd
+    threshold: float = MISSING
+    gallery_size: int = MISSING
+    batch_size: int = MISSING
+    positive_class: str | None = MISSING
 
 
 @dataclass
 class ShapConfig:
-    masker: str = "inpaint_telea"
-    max_evals: int = 500
-    batch_size: int = 50
+    masker: str = MISSING
+    max_evals: int = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
 class ScorecamConfig:
-    max_N: int = -1  # noqa: N815 - tf-keras-vis's own argument name
+    max_N: int = MISSING  # noqa: N815 - tf-keras-vis's own argument name
 
 
 @dataclass
 class SegmentationConfig:
-    algo: str = "quickshift"
-    kernel_size: float = 4
-    max_dist: float = 200
-    ratio: float = 0.2
+    algo: str = MISSING
+    kernel_size: float = MISSING
+    max_dist: float = MISSING
+    ratio: float = MISSING
 
 
 @dataclass
 class LimeConfig:
-    num_samples: int = 1000
-    num_features: int = 5
-    positive_only: bool = True
-    hide_rest: bool = False
-    hide_color: int | None = None  # None: each superpixel's mean colour (see conf/explain)
-    batch_size: int = 50
+    num_samples: int = MISSING
+    num_features: int = MISSING
+    positive_only: bool = MISSING
+    hide_rest: bool = MISSING
+    hide_color: int | None = MISSING
+    batch_size: int = MISSING
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
 @dataclass
 class ExplainMetricsConfig:
-    faithfulness: bool = True
-    baseline: str = "blur"
-    steps: int = 20
-    localisation: bool = True
-    top_k_percent: float = 5.0
-    sanity: bool = True
-    randomize: str = "head"
+    faithfulness: bool = MISSING
+    baseline: str = MISSING
+    steps: int = MISSING
+    localisation: bool = MISSING
+    top_k_percent: float = MISSING
+    sanity: bool = MISSING
+    randomize: str = MISSING
 
 
 @dataclass
 class ExplainConfig:
-    n_images: int = 8
-    images: list[int] = field(default_factory=list)
-    max_misclassified: int = 3
-    target: int | None = None
-    layer: str | None = None
-    cam_min_size: int = 7  # layer=null: last feature map at least this many pixels a side
-    methods: list[str] = field(default_factory=lambda: list(EXPLAIN_METHODS))
-    batch_size: int = 64
+    n_images: int = MISSING
+    images: list[int] = MISSING
+    max_misclassified: int = MISSING
+    target: int | None = MISSING
+    layer: str | None = MISSING
+    cam_min_size: int = MISSING
+    methods: list[str] = MISSING
+    batch_size: int = MISSING
     shap: ShapConfig = field(default_factory=ShapConfig)
     scorecam: ScorecamConfig = field(default_factory=ScorecamConfig)
-    faster_scorecam: ScorecamConfig = field(default_factory=lambda: ScorecamConfig(max_N=10))
+    faster_scorecam: ScorecamConfig = field(default_factory=ScorecamConfig)
     lime: LimeConfig = field(default_factory=LimeConfig)
     metrics: ExplainMetricsConfig = field(default_factory=ExplainMetricsConfig)
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None
-    experiment: str = "crackxai"
+    uri: str | None = MISSING
+    experiment: str = MISSING
 
 
 @dataclass
 class Config:
-    seed: int = 42
+    seed: int = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,3 +176,34 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema's keys (for "did you mean ...?" and the conf/-vs-schema test)
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every leaf as a dotted key -> its annotated type, e.g. 'train.lr' -> float."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(leaf_types(hints[f.name], key + "."))
+        else:
+            out[key] = hints[f.name]
+    return out
+
+
+@functools.cache
+def section_keys(cls: type = Config, prefix: str = "") -> frozenset[str]:
+    """Every section (a node with keys below it) as a dotted key, e.g. 'train.fine_tune'."""
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.add(f"{prefix}{f.name}")
+            out |= section_keys(hints[f.name], f"{prefix}{f.name}.")
+    return frozenset(out)

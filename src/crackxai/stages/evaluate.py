@@ -29,7 +29,7 @@ from typing import Any
 
 from crackxai.config import Config
 from crackxai.core.entry import log, run_stage
-from crackxai.core.errors import ConfigError, DataError
+from crackxai.core.errors import DataError
 from crackxai.core.io import write_json
 from crackxai.core.paths import METRICS, MODEL_FILE, PLOTS_DIR, RUN_FILE
 from crackxai.data.kaggle import LEAK_CAVEAT, LEAK_CAVEAT_SHORT
@@ -56,7 +56,6 @@ def main(cfg: Config) -> dict[str, Any]:
     from crackxai.tracking.runs import read_run_file, resume_model_run
 
     ev = cfg.evaluate
-    _check_config(cfg)
     read_run_file(RUN_FILE)  # fail before the slow part when there is no run to log into
     test = load_split("test")
     classes = test.classes
@@ -106,12 +105,6 @@ def main(cfg: Config) -> dict[str, Any]:
         log(STAGE, f"test at the val best-F1 threshold: {summary(metrics['test_best_f1'])}")
     log(STAGE, LEAK_CAVEAT)
     return metrics
-
-
-def _check_config(cfg: Config) -> None:
-    if cfg.evaluate.batch_size <= 0:
-        raise ConfigError(f"Invalid value for 'evaluate.batch_size': {cfg.evaluate.batch_size!r}."
-                          " Allowed: a positive integer, e.g. `evaluate.batch_size=64`.")
 
 
 if __name__ == "__main__":

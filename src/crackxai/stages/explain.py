@@ -52,10 +52,7 @@ STAGE = "explain"
 def check_inputs(cfg: Config, model: keras.Model, image_size: int,
                  classes: list[str]) -> str | None:
     """The model fits the data, the target exists; the CAM layer (None without a CAM method)."""
-    e = cfg.explain
-    if not e.methods:
-        raise ConfigError("explain.methods is empty: name at least one method, e.g. "
-                          "explain.methods=[gradcam].")
+    e = cfg.explain  # config-only checks (methods, ranges) ran in crackxai.config.checks
     _, height, width, _ = model.input_shape
     if (height, width) != (image_size, image_size) or model.output_shape[-1] != len(classes):
         raise CrackxaiError(

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crackxai.config import TrackingConfig
+from crackxai.config import default_config
 from crackxai.core.entry import fail, log
 from crackxai.core.errors import CrackxaiError
 from crackxai.tracking.runs import redact, resolve_tracking_uri
@@ -172,7 +172,7 @@ def compare(last: int = 10, metric: str = "test/accuracy", experiment: str | Non
     if last < 1:
         raise CrackxaiError(f"--last must be a positive number of runs, got {last}.")
     tracking_uri = resolve_tracking_uri(uri)
-    experiment = experiment or TrackingConfig().experiment
+    experiment = experiment or default_config().tracking.experiment
     runs = load_runs(tracking_uri, experiment, last)
     changed = differing_params(runs)
     if param is not None and param not in {k for r in runs for k in r.data.params}:

@@ -41,7 +41,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from crackxai.config import Config, find_conf_dir, load_config, to_dict
+from crackxai.config import Config, check_methods, load_config, to_dict
 from crackxai.core.entry import fail, log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import atomic_dir
@@ -254,21 +254,13 @@ def save_shap_plot(path: Path, image: np.ndarray, attribution: np.ndarray, label
 
 def parse_methods(text: str | None, default: list[str]) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()] if text else list(default)
-    unknown = [m for m in methods if m not in registry.NAMES]
-    if unknown or not methods:
-        raise ConfigError(f"--methods: unknown method(s) {unknown or '(none given)'}. Choose from: "
-                          f"{', '.join(registry.NAMES)} (comma-separated).")
-    return list(dict.fromkeys(methods))
+    methods = list(dict.fromkeys(methods))
+    check_methods(methods, "--methods", lambda key: "from the command line")
+    return methods
 
 
 def config(overrides: list[str]) -> Config:
-    """conf/ composed with the overrides; the schema's defaults where there is no conf/ at all."""
-    try:
-        find_conf_dir()
-    except ConfigError:
-        if overrides:
-            raise
-        return Config()
+    """conf/ composed with the overrides (conf/ holds the defaults: there is no other copy)."""
     return load_config(overrides)
 
 
