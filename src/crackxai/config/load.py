@@ -11,11 +11,12 @@ or the parameter file.
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackxai.config.checks import check_values
@@ -53,7 +54,7 @@ def _is_known(key: str) -> bool:
 
 def _unknown_key_error(key: str, where: str, fix: str) -> ConfigError:
     return ConfigError(f"Unknown key '{key}' ({where}): the schema (crackxai.config.Config, "
-                       f"values in conf/) has no such key.{did_you_mean(key)} {fix}")
+                       f"values in conf/) has no such key.{did_you_mean(key)} {fix}".rstrip())
 
 
 def _unknown_keys(node: Any, prefix: str = "") -> list[str]:
@@ -80,13 +81,36 @@ def _touches(key: str, overridden: set[str]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _merge(base: DictConfig, raw: Any, where: str, fix: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(base, raw)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        msg = str(exc).splitlines()[0]
-        raise ConfigError(f"Invalid value for '{key}' ({where}): {msg}. {fix}") from None
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base` (plain containers): mappings merge key by key, the rest replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(out.get(k), Mapping) and isinstance(v, Mapping)
+        out[k] = _deep_merge(out[k], v) if both else v
+    return out
+
+
+def _shape_problem(node: Any, prefix: str = "") -> tuple[str, str] | None:
+    """The first key whose value has the wrong shape: a section that is not a mapping, a list leaf
+    that is not a list, a scalar leaf that is a list or mapping (OmegaConf's own errors for these
+    often lose the key)."""
+    if not isinstance(node, Mapping):
+        return prefix.rstrip(".") or "(top level)", "a mapping of keys"
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if key in section_keys():
+            if not isinstance(v, Mapping):
+                return key, "a section (a mapping of keys, as in conf/)"
+            problem = _shape_problem(v, key + ".")
+            if problem:
+                return problem
+        elif key in leaf_types() and v != MISSING:
+            is_list = typing.get_origin(leaf_types()[key]) is list
+            if is_list and not isinstance(v, list | tuple | ListConfig):
+                return key, "a list, e.g. [a, b]"
+            if not is_list and isinstance(v, Mapping | list | tuple | ListConfig):
+                return key, "a single value, not a list or mapping"
+    return None
 
 
 def validate(raw: DictConfig | Mapping[str, Any], source: str = "configuration",
@@ -107,8 +131,13 @@ def validate(raw: DictConfig | Mapping[str, Any], source: str = "configuration",
                  else raw)
     for key in _unknown_keys(container):
         raise _unknown_key_error(key, origin(key), f"Fix or remove it in {source}.")
+    problem = _shape_problem(container)
+    if problem:
+        key, allowed = problem
+        raise ConfigError(f"Invalid value for '{key}' ({origin(key)}): it must be {allowed}. "
+                          "Compare with conf/ (the schema is crackxai.config.Config).")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), container)
         missing = sorted(OmegaConf.missing_keys(merged))
         cfg: Config = None if missing else OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:  # a wrong type, an interpolation that does not resolve
@@ -193,9 +222,9 @@ def _compose(overrides: list[str], conf_dir: Path) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        reason = " ".join(str(exc).split())
+        reason = " ".join(str(exc).split()).split(" Config search path")[0]  # Hydra internals
         raise ConfigError(
-            f"Invalid override(s) {overrides} {COMMAND_LINE}: {reason} "
+            f"Invalid override(s) {overrides} {COMMAND_LINE}: {reason}. "
             f"Groups and options live in {conf_dir}; see README 'Configuration'."
         ) from None
 
@@ -203,11 +232,11 @@ def _compose(overrides: list[str], conf_dir: Path) -> DictConfig:
 def default_config(values: Mapping[str, Any] | None = None) -> Config:
     """The defaults (conf/ composed with no overrides), with `values` (nested, as in params.yaml)
     merged on top, validated: what `Config()` gave when the dataclasses held defaults."""
-    raw = compose([])
+    raw: Any = OmegaConf.to_container(compose([]), resolve=False)
     if values:
         for key in _unknown_keys(values):
             raise _unknown_key_error(key, "in the values given to default_config", "")
-        raw = _merge(raw, values, "in the values given to default_config", "")
+        raw = _deep_merge(raw, values)
     return validate(raw, source="conf/", overridden=set(_flat_keys(values or {})),
                     overridden_from="from the values given to default_config")
 
@@ -231,10 +260,10 @@ def load_params(path: str | Path) -> DictConfig:
     return loaded
 
 
-def _dotted_overrides(file: str, args: list[str]) -> dict[str, str]:
+def _dotted_overrides(file: str, args: list[str]) -> dict[str, Any]:
     """`key=value` arguments given after `--params FILE`, each key checked against the schema."""
     conf_dir = _conf_dir_or_none()
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+")  # Hydra's +key / ++key: the key exists anyway or fails below
@@ -252,7 +281,12 @@ def _dotted_overrides(file: str, args: list[str]) -> dict[str, str]:
         if not _is_known(key):
             raise _unknown_key_error(key, f"in `{arg}` {COMMAND_LINE}",
                                      "Keys are dotted paths as in the parameter file.")
-        out[key] = value
+        try:  # the value as YAML, as OmegaConf reads `key=value`
+            out[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]),
+                                              resolve=False)
+        except Exception as exc:  # YAML errors come in several types
+            raise ConfigError(f"Cannot read the value of `{arg}` {COMMAND_LINE}: "
+                              f"{str(exc).splitlines()[0]}") from None
     return out
 
 
@@ -274,16 +308,13 @@ def load_config(args: list[str]) -> Config:
             raise ConfigError("--params needs a file, e.g. `--params params.yaml`.")
         file, rest = args[1], args[2:]
         overrides = _dotted_overrides(file, rest)
-        raw = load_params(file)
-        for key in _unknown_keys(OmegaConf.to_container(raw, resolve=False)):
-            raise _unknown_key_error(key, f"in {file}",
+        raw: Any = OmegaConf.to_container(load_params(file), resolve=False)
+        for key in _unknown_keys(raw):  # before the overrides: a typo there is the file's
+            raise _unknown_key_error(key, f"from {file}",
                                      f"Fix or remove it there, or regenerate {file} with "
                                      "`make params`.")
-        raw = _merge(OmegaConf.structured(Config), raw, f"in {file}",
-                     f"Check its type against conf/, or regenerate {file} with `make params`.")
-        for key, value in overrides.items():
-            raw = _merge(raw, OmegaConf.from_dotlist([f"{key}={value}"]),
-                         f"in `{key}={value}` {COMMAND_LINE}", "Check its type against conf/.")
+        for value in overrides.values():
+            raw = _deep_merge(raw, value)
         return validate(raw, source=file, overridden=set(overrides))
     conf_dir = find_conf_dir()
     overridden = _override_keys(args, conf_dir)
