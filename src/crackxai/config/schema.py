@@ -19,11 +19,19 @@ from typing import Any
 from omegaconf import MISSING
 
 from crackxai.data.sources import SOURCES as DATA_SOURCES  # noqa: F401 - for the checks
+from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES  # noqa: F401 - for the checks
 from crackxai.xai.registry import NAMES as EXPLAIN_METHODS  # noqa: F401 - for the checks
 
+__all__ = [  # what `from crackxai.config.schema import *` (crackxai.config) re-exports
+    "BASELINES", "DATA_SOURCES", "EXPLAIN_METHODS", "MAX_SEED", "MIN_IMAGE_SIZE", "MODEL_NAMES",
+    "PRECISIONS", "RANDOMIZE", "AugmentConfig", "Config", "DataConfig", "EvaluateConfig",
+    "ExplainConfig", "ExplainMetricsConfig", "FineTuneConfig", "LimeConfig", "ModelConfig",
+    "PreprocessConfig", "ScorecamConfig", "SegmentationConfig", "ShapConfig", "SplitConfig",
+    "SyntheticConfig", "TrackingConfig", "TrainConfig", "leaf_types", "section_keys",
+]
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # keras.mixed_precision policies
-BASELINES = ("blur", "mean", "black")
-RANDOMIZE = ("head", "top_block", "top_2_blocks")
+RANDOMIZE = tuple(RANDOMIZE_STAGES)
 MODEL_NAMES = ("resnet50",)
 MIN_IMAGE_SIZE = 32  # keras.applications.ResNet50(include_top=False) refuses smaller inputs
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit unsigned

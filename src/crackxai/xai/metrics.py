@@ -27,10 +27,11 @@ import keras
 import numpy as np
 from scipy import stats
 
+from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 HEAD_LAYER = "predictions"
-RANDOMIZE_STAGES = {"head": (), "top_block": ("conv5_",), "top_2_blocks": ("conv5_", "conv4_")}
 BLUR_SIGMA_FRACTION = 0.1  # blur baseline: Gaussian sigma = 10% of the image side (erases cracks)
 POINTING_TOLERANCE_224 = 15  # px, Zhang et al.'s tolerance; scaled to the image side below
 
@@ -50,7 +51,7 @@ def make_baseline(image: np.ndarray, kind: str = "blur") -> np.ndarray:
         return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(np.float32)
     if kind == "black":
         return np.zeros_like(image)
-    raise ValueError(f"unknown baseline {kind!r}: blur | mean | black")
+    raise ValueError(f"unknown baseline {kind!r}: {' | '.join(BASELINES)}")
 
 
 def rank_pixels(attribution: np.ndarray, seed: int = 0) -> np.ndarray:

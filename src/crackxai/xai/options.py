@@ -19,3 +19,8 @@ def parse_blur_kernel(masker: str) -> tuple[int, int] | None:
 
 
 SEGMENTATION_ALGOS = ("quickshift", "slic", "felzenszwalb")
+
+# explain.metrics.baseline: what a "removed" pixel becomes (metrics.make_baseline)
+BASELINES = ("blur", "mean", "black")
+# explain.metrics.randomize -> the layer-name prefixes re-initialised besides the head (sanity check)
+RANDOMIZE_STAGES = {"head": (), "top_block": ("conv5_",), "top_2_blocks": ("conv5_", "conv4_")}
