@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from crackxai.core.entry import run_stage
-from crackxai.core.errors import CrackxaiError
+from crackxai.core.errors import ConfigError, CrackxaiError
 from crackxai.data.processed import write_classes, write_split
 from crackxai.evaluation.plots import write_plots
 from crackxai.evaluation.scores import Scores, compute_metrics, flatten_metrics, positive_index
@@ -152,7 +152,7 @@ def test_stage_without_run_file_fails_clearly(project: Path, assets: dict, capsy
 
 
 def test_unknown_positive_class_is_a_config_error():
-    with pytest.raises(evaluate.ConfigError, match="evaluate.positive_class"):
+    with pytest.raises(ConfigError, match="evaluate.positive_class"):
         positive_index(CLASSES, "Crack")
     assert positive_index(CLASSES) == 1
     assert positive_index(["Positive", "negative"]) == 0
