@@ -11,7 +11,6 @@ import numpy as np
 import tensorflow as tf
 
 from crackxai.core.io import atomic_path, write_json, write_text
-from crackxai.core.paths import TRAIN_HISTORY
 from crackxai.data.processed import Split
 
 logger = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class HistoryLogger(keras.callbacks.Callback):
     """Keeps the per-epoch history (1-based, continuous across phases and resumed runs) in the
     train state and in reports/train_history.csv, both rewritten atomically after every epoch."""
 
-    def __init__(self, rows: list[dict], state_file: Path, csv_file: Path = TRAIN_HISTORY):
+    def __init__(self, rows: list[dict], state_file: Path, csv_file: Path):
         super().__init__()
         self.rows, self.state_file, self.csv_file = rows, state_file, csv_file
 
@@ -105,7 +104,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_end(logs)
 
 
-def write_history_csv(rows: list[dict], path: Path = TRAIN_HISTORY) -> None:
+def write_history_csv(rows: list[dict], path: Path) -> None:
     lines = [",".join(HISTORY_COLUMNS)]
     lines += [",".join(str(row[c]) for c in HISTORY_COLUMNS) for row in rows]
     write_text(path, "\n".join(lines) + "\n")

@@ -42,9 +42,10 @@ from collections import Counter
 from pathlib import Path
 
 from crackxai.config import Config
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.io import atomic_dir
-from crackxai.core.paths import MANIFEST, RAW_DIR
+from crackxai.core.paths import MANIFEST, RAW_DIR, project_root
 from crackxai.data import synthetic
 from crackxai.data.kaggle import from_kaggle
 from crackxai.data.local import from_local
@@ -113,6 +114,14 @@ def from_synthetic(cfg: Config, out: Path) -> list[Row]:
 
 
 
+def local_path(path: str) -> str:
+    """data.path as given when absolute (or ~), else relative to the user's project, also when DVC
+    runs a queued copy under .dvc/tmp/exps."""
+    if Path(path).expanduser().is_absolute():
+        return path
+    return str(project_root() / path)
+
+
 def main(cfg: Config, api: object | None = None) -> list[Row]:
     """Fetch `cfg.data.source` into data/raw and data/manifest.csv; returns the manifest rows.
 
@@ -131,7 +140,8 @@ def main(cfg: Config, api: object | None = None) -> list[Row]:
             rows = from_kaggle(cfg.data.kaggle_dataset, out, Path(scratch),
                                cfg.data.limit_per_class, api)
         else:
-            rows = from_local(str(cfg.data.path), out, Path(scratch), cfg.data.limit_per_class)
+            rows = from_local(local_path(str(cfg.data.path)), out, Path(scratch),
+                              cfg.data.limit_per_class)
         write_manifest(rows, MANIFEST)
     counts = Counter(str(r["class"]) for r in rows)
     n_masks = sum(1 for r in rows if r["mask"])

@@ -30,10 +30,19 @@ import numpy as np
 import tensorflow as tf
 
 from crackxai.config import Config, to_dict
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_path, write_json
-from crackxai.core.paths import MANIFEST, MODEL_FILE, PROCESSED_DIR, TRAIN_HISTORY, TRAIN_STATE_DIR
+from crackxai.core.paths import (
+    MANIFEST,
+    MODEL_FILE,
+    PROCESSED_DIR,
+    RUN_FILE,
+    TRAIN_HISTORY,
+    TRAIN_STATE_DIR,
+    project_root,
+)
 from crackxai.data.processed import Split, load_split
 from crackxai.models.io import save_model
 from crackxai.models.resnet import build_model, resolve_weights, set_backbone_trainable
@@ -158,7 +167,7 @@ def fit_phase(model: keras.Model, phase: Phase, train_ds: tf.data.Dataset,
     backup = keras.callbacks.BackupAndRestore(str(backup_dir(phase.name, state_dir)),
                                               double_checkpoint=True)
     callbacks = [
-        HistoryLogger(rows, state_dir / "history.json"),
+        HistoryLogger(rows, state_dir / "history.json", TRAIN_HISTORY),
         MlflowLogger(),
         backup,  # before early stopping: it sets the epoch a resumed run continues from
         ResumableEarlyStopping(rows, first_epoch, state_dir / phase.name / "best.weights.h5",
@@ -197,14 +206,15 @@ def main(cfg: Config) -> Path:
     log(STAGE, f"data: {len(train)} train / {len(val)} val images {size}x{size} from "
                f"{PROCESSED_DIR}, classes {train.classes} (output index = position)")
     plan = phases(cfg)  # also fails fast on unavailable weights (no network, missing file)
-    uri = resolve_tracking_uri(cfg.tracking.uri)
+    root = project_root()  # the MLflow store's home: DVC_ROOT for queued experiments
+    uri = resolve_tracking_uri(cfg.tracking.uri, root)
     connect(uri, cfg.tracking.experiment)  # fails fast on an unreachable store
 
     state_dir = TRAIN_STATE_DIR
     fp = fingerprint(cfg, train, val)
     state = open_state(state_dir, fp)
     tags = {"data.manifest_sha256": manifest_sha256() or "", "train.precision": cfg.train.precision}
-    run = start_model_run(cfg, STAGE, extra_tags={k: v for k, v in tags.items() if v},
+    run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
                           run_id=state.get("run_id"))
     write_json(state_dir / "state.json", {"fingerprint": fp, "run_id": run.info.run_id})
     log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if state else 'new'}) in experiment "
@@ -237,16 +247,16 @@ def main(cfg: Config) -> Path:
             write_json(done_file, {"epoch": epoch})
 
         save_model(model, MODEL_FILE)
-        write_history_csv(rows)
+        write_history_csv(rows, TRAIN_HISTORY)
         log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
         mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
-        write_run_file(run)
+        write_run_file(run, RUN_FILE)
     except BaseException as exc:  # the state stays: a rerun resumes this run
         mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run()
     shutil.rmtree(state_dir, ignore_errors=True)
-    log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in models/mlflow_run.json")
+    log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in {RUN_FILE}")
     return MODEL_FILE
 
 

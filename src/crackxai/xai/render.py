@@ -13,14 +13,13 @@ from pathlib import Path
 import cv2
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 from crackxai.core.io import atomic_path
 
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
+# matplotlib's object API: a Figure renders to PNG with Agg by itself, so no backend is chosen
+# at import (that would change global state) and no pyplot figure is left open.
 JET = matplotlib.colormaps["jet"]
 
 
@@ -60,8 +59,8 @@ def comparison_grid(
     method's overlay. `maps_by_method[m]` is (N, H, W)."""
     methods = list(maps_by_method)
     n_rows, n_cols = len(images), 1 + len(methods)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.2 * n_rows + 0.4),
-                             squeeze=False)
+    fig = Figure(figsize=(2.0 * n_cols, 2.2 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, image in enumerate(images):
         cells = [image] + [overlay(image, maps_by_method[m][i], alpha) for m in methods]
         for j, cell in enumerate(cells):
@@ -78,4 +77,3 @@ def comparison_grid(
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
