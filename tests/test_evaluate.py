@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crackxai.core.entry import run_stage
+from crackxai.config.entry import run_stage
 from crackxai.core.errors import CrackxaiError
 from crackxai.evaluation.plots import write_plots
 from crackxai.evaluation.scores import Scores, compute_metrics, flatten_metrics, positive_index
@@ -100,8 +100,8 @@ def test_stage_end_to_end(project: Path, assets: dict):
     from crackxai.tracking.runs import start_model_run, write_run_file
 
     install(project, assets)
-    run = start_model_run(load_config(["experiment=smoke"]))
-    write_run_file(run)
+    run = start_model_run(load_config(["experiment=smoke"]), project)
+    write_run_file(run, "models/mlflow_run.json")
     mlflow.end_run()
 
     res = subprocess.run([sys.executable, "-m", "crackxai.evaluate", "experiment=smoke",
