@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crackxai.core.entry import run_stage
+from crackxai.config.entry import run_stage
 from crackxai.core.errors import ConfigError, CrackxaiError
 from crackxai.data.processed import write_classes, write_split
 from crackxai.evaluation.plots import write_plots
@@ -98,8 +98,8 @@ def test_stage_end_to_end(project: Path, assets: dict):
     from crackxai.tracking.runs import start_model_run, write_run_file
 
     install(project, assets)
-    run = start_model_run(load_config(["experiment=smoke"]))
-    write_run_file(run)
+    run = start_model_run(load_config(["experiment=smoke"]), project)
+    write_run_file(run, "models/mlflow_run.json")
     mlflow.end_run()
 
     res = subprocess.run([sys.executable, "-m", "crackxai.evaluate", "experiment=smoke",

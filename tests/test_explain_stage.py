@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from crackxai.config import EXPLAIN_METHODS
-from crackxai.core.entry import run_stage
+from crackxai.config.entry import run_stage
 from crackxai.core.errors import ConfigError
 from crackxai.core.io import staged_outputs
 from crackxai.data.processed import write_classes, write_split
@@ -142,8 +142,8 @@ def copy_project(template: Path, dest: Path) -> tuple[Path, str]:
         for var in ENV_LEAKS:
             mp.delenv(var, raising=False)
         mp.chdir(dest)
-        run = start_model_run(load_config(["experiment=smoke"]))
-        write_run_file(run)
+        run = start_model_run(load_config(["experiment=smoke"]), dest)
+        write_run_file(run, "models/mlflow_run.json")
         mlflow.end_run()
     return dest, run.info.run_id
 

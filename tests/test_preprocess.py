@@ -99,7 +99,7 @@ def test_bad_files_are_rejected_with_reasons_and_converted(project: Path) -> Non
     assert on_disk["rejected"] == 4
 
     # Converted images are 8-bit RGB with the right content.
-    records = {s: dataset.load_split(s) for s in dataset.SPLITS}
+    records = {s: dataset.load_split(s, "data/processed") for s in dataset.SPLITS}
     for split in records.values():
         assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 3)
     def row_of(path: str) -> np.ndarray:
@@ -135,7 +135,7 @@ def test_duplicates_kept_once_and_cross_class_content_dropped(project: Path) -> 
     assert report["cross_class_conflicts"] == 2 and report["cross_class_groups"] == 1
     assert sorted(report["cross_class_files"][0]["paths"]) == ["Negative/from_pos.jpg",
                                                                "Positive/0003.jpg"]
-    kept = [p for s in dataset.SPLITS for p in dataset.load_split(s).records["path"]]
+    kept = [p for s in dataset.SPLITS for p in dataset.load_split(s, "data/processed").records["path"]]
     assert len(kept) == len(set(kept)) == report["kept"] == 12 + 11
     assert "Negative/0001.jpg" in kept and "Negative/0001_copy.jpg" not in kept
     assert "Positive/0003.jpg" not in kept and "Negative/from_pos.jpg" not in kept
@@ -148,7 +148,7 @@ def test_split_is_stratified_without_leakage(project: Path) -> None:
 
     report = run()
 
-    splits = {s: dataset.load_split(s) for s in dataset.SPLITS}
+    splits = {s: dataset.load_split(s, "data/processed") for s in dataset.SPLITS}
     assert {s: len(v) for s, v in splits.items()} == {"train": 112, "val": 24, "test": 24}
     for s, split in splits.items():
         positive = split.labels.mean()
@@ -186,7 +186,7 @@ def test_masks_are_aligned_with_resized_images(project: Path) -> None:
     assert "32x32" in report["mask_problem_files"][0]["problem"]
     seen = 0
     for s in dataset.SPLITS:
-        split = dataset.load_split(s)
+        split = dataset.load_split(s, "data/processed")
         assert split.masks is not None and split.masks.shape == (len(split), 32, 32)
         assert set(np.unique(split.masks)) <= {0, 1}
         np.testing.assert_array_equal(split.has_mask, (split.labels == 1)
@@ -267,11 +267,11 @@ def test_load_split_round_trip_is_memory_mapped(project: Path) -> None:
     write_manifest()
     run()
 
-    assert dataset.read_classes() == ["Negative", "Positive"]
+    assert dataset.read_classes("data/processed") == ["Negative", "Positive"]
     assert json.loads(Path("data/processed/classes.json").read_text())["image_size"] == 32
     total = 0
     for s in dataset.SPLITS:
-        split = dataset.load_split(s)
+        split = dataset.load_split(s, "data/processed")
         total += len(split)
         assert isinstance(split.images, np.memmap) and split.images.shape == (len(split), 32, 32, 3)
         assert split.labels.dtype == np.int64 and split.masks is None

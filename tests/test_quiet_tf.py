@@ -9,10 +9,14 @@ import sys
 from crackxai.core.quiet_tf import filtered_stderr
 
 
-def test_importing_tensorflow_after_crackxai_prints_nothing() -> None:
+def test_tensorflow_imported_inside_a_command_prints_nothing() -> None:
+    """The entry-point wrapper (every stage and tool) installs the filter before the command
+    runs; importing crackxai alone installs nothing (tests/test_entry.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    out = subprocess.run([sys.executable, "-c", "import crackxai, keras, tensorflow"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    code = ("from crackxai.core.entry import run_command\n"
+            "run_command('demo', lambda: __import__('keras') and __import__('tensorflow'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
 

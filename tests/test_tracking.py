@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from crackxai.config import default_config
+from crackxai.core.paths import project_root
 from crackxai.tracking import runs as tracking
 
 VENV_BIN = Path(sys.executable).parent
@@ -30,15 +31,15 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import keras, mlflow, tensorflow  # noqa: F401
-    from crackxai.tracking import runs as tracking
     from crackxai.config import default_config
+    from crackxai.tracking import runs as tracking
 
     i, go, steps = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     cfg = default_config({"train": {"lr": 10.0 ** -(i + 1)}})
     Path(f"ready{i}").touch()
     while not go.exists():
         time.sleep(0.01)
-    run = tracking.start_model_run(cfg)
+    run = tracking.start_model_run(cfg, Path.cwd())
     for step in range(steps):
         mlflow.log_metrics({"train/loss": 1.0 / (step + 1), "val/accuracy": step / 100}, step=step)
     mlflow.log_metric("test/accuracy", 0.5 + i / 10)
@@ -73,7 +74,7 @@ def test_parallel_writers_to_default_sqlite_store(project: Path) -> None:
         assert "database is locked" not in out, out
 
     # The default store is <project>/mlflow.db, artifacts beside it.
-    uri = tracking.resolve_tracking_uri()
+    uri = tracking.resolve_tracking_uri(None, project)
     assert uri == f"sqlite:///{project}/mlflow.db"
     client = mlflow.MlflowClient(uri)
     assert len(client.search_experiments()) == 2  # Default + crackxai, created once
@@ -99,26 +100,31 @@ def test_store_resolves_to_dvc_root_for_queued_experiments(project: Path,
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
     # Without DVC_ROOT (e.g. a stage run by hand inside the copy) the path tells.
-    assert tracking.resolve_tracking_uri() == f"sqlite:///{project}/mlflow.db"
+    assert project_root() == project
+    assert tracking.resolve_tracking_uri(None, project_root()) == f"sqlite:///{project}/mlflow.db"
     # DVC sets DVC_ROOT to the parent repo for queued runs; it wins.
     monkeypatch.setenv("DVC_ROOT", str(project))
-    assert tracking.project_root() == project
-    assert tracking.resolve_tracking_uri("sqlite:///runs/m.db") == \
+    assert project_root() == project
+    root = project_root()
+    assert tracking.resolve_tracking_uri("sqlite:///runs/m.db", root) == \
         f"sqlite:///{project}/runs/m.db"
-    assert tracking.resolve_tracking_uri("mlruns") == (project / "mlruns").as_uri()
-    assert tracking.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert tracking.resolve_tracking_uri("mlruns", root) == (project / "mlruns").as_uri()
+    assert tracking.resolve_tracking_uri("http://127.0.0.1:5000", root) == "http://127.0.0.1:5000"
+    # The library itself never looks at the working directory: the root is an argument.
+    assert tracking.resolve_tracking_uri(None, "/elsewhere") == "sqlite:////elsewhere/mlflow.db"
 
 
 def test_nested_run_stays_in_model_experiment(project: Path) -> None:
     """evaluate/explain reopen the model's run from models/mlflow_run.json; the explain child run
     hangs under it in the same experiment (MLflow would otherwise put it in 'Default')."""
     cfg = default_config({"tracking": {"experiment": "crackxai"}})
-    run = tracking.start_model_run(cfg)
+    run = tracking.start_model_run(cfg, project)
     tracking.write_run_file(run, project / "run.json")
     mlflow.end_run()
-    with tracking.resume_model_run(cfg, project / "run.json", nested_name="explain") as child:
+    with tracking.resume_model_run(cfg, project / "run.json", project,
+                                   nested_name="explain") as child:
         mlflow.log_metric("explain/gradcam/deletion_auc", 0.25)
-    client = mlflow.MlflowClient(tracking.resolve_tracking_uri())
+    client = mlflow.MlflowClient(tracking.resolve_tracking_uri(None, project))
     got = client.get_run(child.info.run_id)
     assert got.info.experiment_id == run.info.experiment_id
     assert got.data.tags["mlflow.parentRunId"] == run.info.run_id
@@ -173,7 +179,7 @@ def test_run_logged_to_tracking_server(project: Path, mlflow_server: tuple[str, 
     uri, art = mlflow_server
     monkeypatch.setenv("DVC_EXP_NAME", "shared-lr-1e-4")
     cfg = default_config({"train": {"lr": 1e-4}, "tracking": {"uri": uri, "experiment": "team"}})
-    run = tracking.start_model_run(cfg)
+    run = tracking.start_model_run(cfg, project)
     try:
         mlflow.log_metrics({"train/loss": 0.4, "test/accuracy": 0.875})
         (project / "note.txt").write_text("hello")

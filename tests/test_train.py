@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from crackxai.config import load_config
-from crackxai.core.entry import run_stage
+from crackxai.config.entry import run_stage
 from crackxai.core.errors import CrackxaiError
 from crackxai.data.processed import write_classes, write_split
 from crackxai.models.io import load_model

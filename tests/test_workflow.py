@@ -85,21 +85,43 @@ def test_dvc_push_pull_local_remote(tmp_path: Path) -> None:
 
 
 def test_pipeline_entry_point_composes_and_validates(tmp_path: Path) -> None:
-    """`python -m crackxai.pipeline` is a Hydra app over conf/: --cfg shows the composed job,
-    and an invalid sweep value stops before any stage runs, with a one-line error."""
+    """`python -m crackxai.pipeline` is a Hydra app over conf/: --cfg shows the composed job
+    (the hparams_search preset included); invalid values fail each job before any stage runs,
+    the multirun goes on to the next job, and the command ends with one line and exit code 2.
+    A misspelt preset or key fails the same way."""
     proj = make_project(tmp_path / "proj")
     shown = sh(sys.executable, "-m", "crackxai.pipeline", "--cfg", "job", "experiment=smoke",
                "train.lr=0.0001", cwd=proj)
     assert "lr: 0.0001" in shown.stdout and "epochs: 1" in shown.stdout
+    assert "optimized_metric: null" in shown.stdout
+    tuned = sh(sys.executable, "-m", "crackxai.pipeline", "--cfg", "all", "hparams_search=optuna",
+               cwd=proj)
+    assert "optimized_metric: val/best_f1" in tuned.stdout and "OptunaSweeper" in tuned.stdout
 
-    bad = sh(sys.executable, "-m", "crackxai.pipeline", "-m", "train.lr=-1,1e-3",
-             cwd=proj, check=False)
+    bad = sh(sys.executable, "-m", "crackxai.pipeline", "-m", "train.lr=-1,0",
+             "hydra.sweep.dir=multirun/bad", cwd=proj, check=False)
     assert bad.returncode == 2, bad.stdout + bad.stderr
-    assert "crackxai.pipeline: error: Invalid value for 'train.lr'" in bad.stderr
+    assert "crackxai.pipeline: error: Invalid value for 'train.lr': -1.0" in bad.stderr
     assert "Traceback" not in bad.stderr
+    for job, value in (("0", "-1.0"), ("1", "0.0")):  # both jobs ran and logged their failure
+        log = (proj / "multirun" / "bad" / job / "pipeline.log").read_text()
+        assert f"Invalid value for 'train.lr': {value}" in log
     assert not (proj / "data").exists() and not (proj / "mlflow.db").exists()
+
+    for args, message in ((["hparams_search=optunaa"], "Could not find 'hparams_search/optunaa'"),
+                          (["train.lrr=1"], "Could not override 'train.lrr'")):
+        typo = sh(sys.executable, "-m", "crackxai.pipeline", *args, cwd=proj, check=False)
+        assert typo.returncode == 2, typo.stdout + typo.stderr
+        assert message in one_line(typo.stderr) and "Traceback" not in typo.stderr
+    assert not (proj / "data").exists()
     # Hydra's own output folders are git-ignored.
     assert sh("git", "status", "--porcelain", cwd=proj).stdout == ""
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def mlflow_runs(proj: Path) -> list:
@@ -156,16 +178,27 @@ def test_queued_dvc_experiments_reach_project_store(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_hydra_multirun_jobs_in_own_folders(tmp_path: Path) -> None:
-    """`python -m crackxai.pipeline -m train.lr=...`: one job folder with its own outputs per
-    value, and one MLflow run per job in the project's store."""
+    """`python -m crackxai.pipeline -m train.lr=...` with one bad value among two good ones: one
+    job folder with its own outputs per good value (the bad job fails and the sweep goes on),
+    each stage's lines in the job's pipeline.log and printed once, one MLflow run per job in the
+    project's store, the optimized_metric logged, and exit code 2 naming the bad job's error."""
     need_stages()
     proj = make_project(tmp_path / "proj")
     out = sh(sys.executable, "-m", "crackxai.pipeline", "-m", "experiment=smoke",
-             "train.lr=1e-3,1e-4", "hydra.sweep.dir=multirun/lr", cwd=proj, timeout=1800)
-    for job in ("0", "1"):
+             "train.lr=1e-3,-1,1e-4", "optimized_metric=test/accuracy",
+             "hydra.sweep.dir=multirun/lr", cwd=proj, timeout=1800, check=False)
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "crackxai.pipeline: error: Invalid value for 'train.lr': -1.0" in out.stderr
+    for job in ("0", "2"):
         folder = proj / "multirun" / "lr" / job
         assert (folder / "models" / "model.keras").is_file(), out.stdout[-3000:]
         assert (folder / "reports" / "metrics.json").is_file()
+        log = (folder / "pipeline.log").read_text()
+        for stage in STAGE_MODULES:
+            assert f"[crackxai.{stage}][INFO] - " in log, (stage, log[-3000:])
+        assert "test/accuracy = " in log
+    assert not (proj / "multirun" / "lr" / "1" / "models").exists()
+    assert out.stdout.count("phase1: kept epoch") == 2  # once per job: not printed twice
     assert not (proj / "models" / "model.keras").exists()  # the project's DVC outputs untouched
     runs = [r for r in mlflow_runs(proj) if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(float(r.data.params["train.lr"]) for r in runs) == [1e-4, 1e-3]

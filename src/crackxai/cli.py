@@ -2,6 +2,9 @@
 
     crackxai train experiment=smoke           # a stage, Hydra overrides or --params params.yaml
     crackxai explain_image --model m.keras --image photo.jpg
+
+Every command runs inside the one entry-point wrapper (crackxai.core.entry.run_command), entered
+before the command's module is imported, so TensorFlow's start-up notices are filtered too.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from crackxai.core import quiet_tf
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import run_command
 from crackxai.stages import STAGES
 from crackxai.tools import TOOLS
 
@@ -20,18 +24,13 @@ USAGE = (f"usage: crackxai <command> [args]\n  stages: {', '.join(STAGES)}\n"
 def run(name: str, argv: list[str] | None = None) -> None:
     """Run stage or tool `name` with `argv` (default: the process's arguments)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    quiet_tf.install()  # before any module that imports TensorFlow
     if name in STAGES:
-        from crackxai.core.entry import run_stage
-
-        module = importlib.import_module(f"crackxai.stages.{name}")
-        run_stage(name, module.main, args)
-    elif name == "params":
-        importlib.import_module("crackxai.config.params").main(args)
+        run_stage(name, lambda cfg: importlib.import_module(f"crackxai.stages.{name}").main(cfg),
+                  args)
+    elif name == "params":  # a tool that lives with the config it writes
+        run_command(name, lambda: importlib.import_module("crackxai.config.params").main(args))
     elif name in TOOLS:
-        result = importlib.import_module(f"crackxai.tools.{name}").main(args)
-        if isinstance(result, int):
-            sys.exit(result)
+        run_command(name, lambda: importlib.import_module(f"crackxai.tools.{name}").main(args))
     else:
         sys.exit(f"crackxai: unknown command {name!r}.\n{USAGE}")
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,4 +23,4 @@ def write_params(output: str | Path = "params.yaml", overrides: list[str] | None
 def main(argv: list[str] | None = None) -> None:
     """`python -m crackxai.params [override ...]`: write params.yaml in the working directory."""
     write_params("params.yaml", list(sys.argv[1:] if argv is None else argv))
-    print("[crackxai.params] wrote params.yaml")
+    logging.getLogger("crackxai.params").info("wrote params.yaml")

@@ -184,6 +184,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    optimized_metric: str | None = MISSING  # what a pipeline job returns to Hydra's sweeper
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,21 +1,33 @@
-"""Shared entry-point plumbing: config from the command line, short errors instead of tracebacks."""
+"""The one entry-point wrapper of every stage and tool.
+
+    run_command("compare", lambda: compare(...))  # a tool (or @command("compare") on its main)
+    run_stage("train", train.main, argv)          # a stage (crackxai.config.entry: run_command
+                                                  # around parsing its config and main(cfg))
+
+It logs to stdout (core.logs), keeps TensorFlow's start-up notices off stderr (core.quiet_tf),
+runs the command, and turns a CrackxaiError into `crackxai.<name>: error: <one paragraph>` on
+stderr with exit code 2, and Ctrl-C into one line with exit code 130. Only this outermost layer
+exits: code underneath (library code, a Hydra job) raises exceptions, so that Hydra's multirun
+can log a failed job and go on with the next one.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
-from crackxai.config import Config, load_config
+from crackxai.core import quiet_tf
 from crackxai.core.errors import CrackxaiError
 from crackxai.core.logs import setup as setup_logging
 
-USAGE = """usage: python -m crackxai.{stage} [key=value | group=option ...]
-       python -m crackxai.{stage} --params params.yaml [key=value ...]
+T = TypeVar("T")
 
-Without --params, conf/ is composed with Hydra overrides (e.g. data=local data.path=/imgs
-train.lr=1e-4 experiment=smoke). With --params (how dvc.yaml runs it) the given parameter file
-is read as it is. Either way the result is validated before any work starts."""
+INTERRUPTED = "interrupted; outputs are written atomically, rerun to continue."
+ERROR_EXIT = 2
+INTERRUPT_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def log(stage: str, message: str) -> None:
@@ -23,21 +35,38 @@ def log(stage: str, message: str) -> None:
     logging.getLogger(f"crackxai.{stage}").info(message)
 
 
-def fail(stage: str, message: str, code: int = 2) -> None:
-    print(f"crackxai.{stage}: error: {message}", file=sys.stderr, flush=True)
+def prepare() -> None:
+    """What every command does first, before importing TensorFlow: logging and quiet TF."""
+    setup_logging()
+    quiet_tf.install()
+
+
+def _exit(name: str, message: str, code: int) -> NoReturn:
+    print(f"crackxai.{name}: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 
-def run_stage(stage: str, main: Callable[[Config], object], argv: list[str] | None = None) -> None:
-    """Parse the stage's command line, run it, and turn CrackxaiError into a one-paragraph error."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE.format(stage=stage))
-        return
-    setup_logging()
+def run_command(name: str, command: Callable[[], T], interrupted: str = INTERRUPTED) -> T:
+    """Run `command()` as command `name`: a CrackxaiError becomes one paragraph on stderr and
+    exit code 2, Ctrl-C the line `interrupted` and exit code 130. Returns what it returns."""
+    prepare()
     try:
-        main(load_config(args))
+        return command()
     except CrackxaiError as exc:
-        fail(stage, str(exc))
+        _exit(name, str(exc), ERROR_EXIT)
     except KeyboardInterrupt:
-        fail(stage, "interrupted; outputs are written atomically, rerun to continue.", code=130)
+        _exit(name, interrupted, INTERRUPT_EXIT)
+
+
+def command(name: str, interrupted: str = INTERRUPTED
+            ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator form of run_command for a tool's `main(argv)`."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(*args: object, **kwargs: object) -> T:
+            return run_command(name, lambda: fn(*args, **kwargs), interrupted)
+
+        return wrapper
+
+    return wrap

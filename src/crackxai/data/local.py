@@ -13,7 +13,6 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from crackxai.core.errors import DataError
-from crackxai.core.paths import project_root
 from crackxai.data.manifest import Row
 from crackxai.data.sources import SourceOptions
 from crackxai.data.synthetic import MASK_DIR
@@ -127,11 +126,9 @@ def safe_extract(archive: Path, dest: Path, what: str) -> None:
 
 
 def from_local(path: str, out: Path, scratch: Path, limit: int | None) -> list[Row]:
-    """Copy the folder or .zip at `path` (relative: to the user's project) into `out`."""
+    """Copy the folder or .zip at `path` into `out` (the caller resolves a relative path: the
+    download stage against the user's project)."""
     src = Path(os.path.expanduser(path))
-    if not src.is_absolute():
-        # relative to the user's project, also when DVC runs a queued copy under .dvc/tmp/exps
-        src = project_root() / src
     if not src.exists():
         raise DataError(
             f"data.path '{src}' does not exist. Set data.path to a folder or .zip with one "

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from crackxai.core.errors import DataError
-from crackxai.core.paths import PROCESSED_DIR
 
 SPLITS = ("train", "val", "test")
 
@@ -42,7 +41,7 @@ class Split:
         return self.records["has_mask"].to_numpy(dtype=bool)
 
 
-def read_classes(processed_dir: str | Path = PROCESSED_DIR) -> list[str]:
+def read_classes(processed_dir: str | Path) -> list[str]:
     path = Path(processed_dir) / "classes.json"
     if not path.is_file():
         raise DataError(
@@ -52,7 +51,7 @@ def read_classes(processed_dir: str | Path = PROCESSED_DIR) -> list[str]:
     return list(json.loads(path.read_text())["classes"])
 
 
-def load_split(name: str, processed_dir: str | Path = PROCESSED_DIR, mmap: bool = True) -> Split:
+def load_split(name: str, processed_dir: str | Path, mmap: bool = True) -> Split:
     """Load one split; images are memory-mapped so large sets do not have to fit in RAM."""
     if name not in SPLITS:
         raise DataError(f"Unknown split '{name}'. Allowed: {', '.join(SPLITS)}.")

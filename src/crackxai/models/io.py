@@ -9,7 +9,6 @@ import keras
 
 from crackxai.core.errors import CrackxaiError
 from crackxai.core.io import atomic_path
-from crackxai.core.paths import MODEL_FILE
 from crackxai.models import resnet  # noqa: F401 - registers the custom layers a saved model uses
 
 
@@ -49,7 +48,7 @@ def load_model(path: str | Path) -> keras.Model:
         ) from None
 
 
-def save_model(model: keras.Model, path: Path = MODEL_FILE) -> None:
+def save_model(model: keras.Model, path: str | Path) -> None:
     """Atomically, without the optimizer: an uncompiled model sharing the trained layers is
     saved, so the file holds the weights only once (a third of the size with Adam's state)."""
     inference = keras.Model(model.input, model.output, name=model.name)

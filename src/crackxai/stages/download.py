@@ -42,13 +42,22 @@ from collections import Counter
 from pathlib import Path
 
 from crackxai.config import Config
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.io import atomic_dir
-from crackxai.core.paths import MANIFEST, RAW_DIR
+from crackxai.core.paths import MANIFEST, RAW_DIR, project_root
 from crackxai.data.manifest import Row, write_manifest
 from crackxai.data.sources import SourceOptions, fetch
 
 STAGE = "download"
+
+
+def local_path(path: str) -> str:
+    """data.path as given when absolute (or ~), else relative to the user's project, also when DVC
+    runs a queued copy under .dvc/tmp/exps."""
+    if Path(path).expanduser().is_absolute():
+        return path
+    return str(project_root() / path)
 
 
 def main(cfg: Config, api: object | None = None) -> list[Row]:
@@ -64,7 +73,8 @@ def main(cfg: Config, api: object | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory(dir=RAW_DIR.parent, prefix=".download-") as scratch, \
             atomic_dir(RAW_DIR) as out:
         d = cfg.data
-        opts = SourceOptions(seed=cfg.seed, limit_per_class=d.limit_per_class, path=d.path,
+        opts = SourceOptions(seed=cfg.seed, limit_per_class=d.limit_per_class,
+                             path=local_path(d.path) if d.path else None,
                              kaggle_dataset=d.kaggle_dataset, n_per_class=d.synthetic.n_per_class,
                              image_size=d.synthetic.image_size,
                              difficulty=d.synthetic.difficulty, api=api)

@@ -28,10 +28,18 @@ from __future__ import annotations
 from typing import Any
 
 from crackxai.config import Config
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.errors import DataError
 from crackxai.core.io import write_json
-from crackxai.core.paths import METRICS, MODEL_FILE, PLOTS_DIR, RUN_FILE
+from crackxai.core.paths import (
+    METRICS,
+    MODEL_FILE,
+    PLOTS_DIR,
+    PROCESSED_DIR,
+    RUN_FILE,
+    project_root,
+)
 from crackxai.data.kaggle import LEAK_CAVEAT, LEAK_CAVEAT_SHORT
 from crackxai.data.processed import load_split
 from crackxai.evaluation import metrics as M
@@ -57,7 +65,7 @@ def main(cfg: Config) -> dict[str, Any]:
 
     ev = cfg.evaluate
     read_run_file(RUN_FILE)  # fail before the slow part when there is no run to log into
-    test = load_split("test")
+    test = load_split("test", PROCESSED_DIR)
     classes = test.classes
     if len(test) == 0:
         raise DataError("The test split in data/processed is empty: rerun `dvc repro preprocess` "
@@ -69,7 +77,7 @@ def main(cfg: Config) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     best = None
     if len(classes) == 2:
-        val = load_split("val")
+        val = load_split("val", PROCESSED_DIR)
         is_pos = val.labels == positive
         if 0 < is_pos.sum() < len(val):
             log(STAGE, f"predicting {len(val)} val images to choose the best-F1 threshold")
@@ -93,7 +101,7 @@ def main(cfg: Config) -> dict[str, Any]:
     log(STAGE, f"wrote {METRICS}, {PLOTS_DIR}/{{roc,pr,calibration,confusion}}.csv and "
                f"{len(images)} PNGs in {PLOTS_DIR / 'images'}")
 
-    with resume_model_run(cfg) as active:
+    with resume_model_run(cfg, RUN_FILE, project_root()) as active:
         mlflow.log_metrics(flatten_metrics(metrics))
         mlflow.log_artifact(str(METRICS), STAGE)
         mlflow.log_artifacts(str(PLOTS_DIR), STAGE)

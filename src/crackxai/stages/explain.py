@@ -31,10 +31,11 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from crackxai.config import Config, to_dict
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import staged_outputs, write_json, write_text
-from crackxai.core.paths import EXPLAIN_DIR, MODEL_FILE, PROCESSED_DIR, RUN_FILE
+from crackxai.core.paths import EXPLAIN_DIR, MODEL_FILE, PROCESSED_DIR, RUN_FILE, project_root
 from crackxai.data.processed import load_split
 from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
@@ -91,7 +92,7 @@ def log_to_mlflow(metrics: dict[str, Any], out: Path) -> None:
 
 def main(cfg: Config) -> dict[str, Any]:
     e = cfg.explain
-    test = load_split("test")
+    test = load_split("test", PROCESSED_DIR)
     if len(test) == 0:
         raise DataError(f"The test split in {PROCESSED_DIR} is empty: nothing to explain. "
                         "Rerun preprocess with preprocess.split.test > 0.")
@@ -118,7 +119,8 @@ def main(cfg: Config) -> dict[str, Any]:
         log(STAGE, f"sanity check against a copy with '{quality.randomize}' re-initialised "
                    f"({len(EM.randomized_layer_names(model, quality.randomize))} layers)")
 
-    with resume_model_run(cfg, nested_name=STAGE) as run, staged_outputs(EXPLAIN_DIR) as out:
+    with resume_model_run(cfg, RUN_FILE, project_root(), nested_name=STAGE) as run, \
+            staged_outputs(EXPLAIN_DIR) as out:
         mlflow.log_params({k: v for k, v in config_params(cfg).items()
                            if k.startswith("explain.") or k == "seed"})
         mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))

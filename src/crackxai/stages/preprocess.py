@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from crackxai.config import Config
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_dir, write_json
 from crackxai.core.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR

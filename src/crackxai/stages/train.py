@@ -25,9 +25,18 @@ import shutil
 from typing import Any
 
 from crackxai.config import Config, to_dict
-from crackxai.core.entry import log, run_stage
+from crackxai.config.entry import run_stage
+from crackxai.core.entry import log
 from crackxai.core.io import write_json
-from crackxai.core.paths import MANIFEST, MODEL_FILE, PROCESSED_DIR, TRAIN_HISTORY, TRAIN_STATE_DIR
+from crackxai.core.paths import (
+    MANIFEST,
+    MODEL_FILE,
+    PROCESSED_DIR,
+    RUN_FILE,
+    TRAIN_HISTORY,
+    TRAIN_STATE_DIR,
+    project_root,
+)
 from crackxai.data.processed import Split
 from crackxai.models.io import save_model
 from crackxai.models.resnet import build_model, resolve_weights
@@ -74,14 +83,15 @@ def main(cfg: Config) -> dict[str, Any]:
     # resolve_weights also fails fast on unavailable weights (no network, missing file).
     plan = plan_phases(resolve_weights(m.weights) is not None, t.epochs, t.lr,
                        t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
-    connect(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment)  # fails fast
+    root = project_root()  # the MLflow store's home: DVC_ROOT for queued experiments
+    connect(resolve_tracking_uri(cfg.tracking.uri, root), cfg.tracking.experiment)  # fails fast
 
     state_dir = TRAIN_STATE_DIR
     fp = fingerprint(cfg, train, val)
     state = open_state(state_dir, fp, lambda old: old.get("run_id") and terminate_run(old["run_id"]))
     manifest_sha = hashlib.sha256(MANIFEST.read_bytes()).hexdigest() if MANIFEST.is_file() else ""
     tags = {"data.manifest_sha256": manifest_sha, "train.precision": t.precision}
-    run = start_model_run(cfg, STAGE, extra_tags={k: v for k, v in tags.items() if v},
+    run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
                           run_id=state.get("run_id"))
     write_json(state_dir / "state.json", {"fingerprint": fp, "run_id": run.info.run_id})
     log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if state else 'new'}) in experiment "
@@ -98,13 +108,13 @@ def main(cfg: Config) -> dict[str, Any]:
         write_history_csv(rows, TRAIN_HISTORY)
         log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
         mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
-        write_run_file(run)
+        write_run_file(run, RUN_FILE)
     except BaseException as exc:  # the state stays: a rerun resumes this run
         mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run()
     shutil.rmtree(state_dir, ignore_errors=True)
-    log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in models/mlflow_run.json")
+    log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in {RUN_FILE}")
     best = min(rows, key=lambda r: r["val_loss"])
     return {"val/loss": best["val_loss"], "val/accuracy": best["val_accuracy"],
             "epochs": len(rows)}

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from crackxai.config import default_config
-from crackxai.core.entry import fail, log
+from crackxai.core.entry import command, log
 from crackxai.core.errors import CrackxaiError
+from crackxai.core.paths import project_root
 from crackxai.tracking.runs import redact, resolve_tracking_uri
 
 STAGE = "compare"
@@ -171,7 +172,7 @@ def compare(last: int = 10, metric: str = "test/accuracy", experiment: str | Non
     """Print the comparison table (and return it); write the chart to `out` unless it is None."""
     if last < 1:
         raise CrackxaiError(f"--last must be a positive number of runs, got {last}.")
-    tracking_uri = resolve_tracking_uri(uri)
+    tracking_uri = resolve_tracking_uri(uri, project_root())
     experiment = experiment or default_config().tracking.experiment
     runs = load_runs(tracking_uri, experiment, last)
     changed = differing_params(runs)
@@ -190,6 +191,7 @@ def compare(last: int = 10, metric: str = "test/accuracy", experiment: str | Non
     return table
 
 
+@command(STAGE)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m crackxai.compare", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,11 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="reports/compare.png", help="chart file (PNG)")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    try:
-        compare(last=args.last, metric=args.metric, experiment=args.experiment, param=args.param,
-                uri=args.uri, out=None if args.no_plot else args.out)
-    except CrackxaiError as exc:
-        fail(STAGE, str(exc))
+    compare(last=args.last, metric=args.metric, experiment=args.experiment, param=args.param,
+            uri=args.uri, out=None if args.no_plot else args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from crackxai.core.entry import fail, log
+from crackxai.core.entry import command, log
 from crackxai.core.errors import CrackxaiError, DataError
 from crackxai.core.io import atomic_path, write_json
 from crackxai.evaluation.plots import write_plots
@@ -213,16 +213,12 @@ def evaluate_folder(model: Any, data: Path, out: Path | None = None, threshold: 
     return metrics
 
 
+@command(STAGE)
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    try:
-        evaluate_folder(args.model, args.data, args.out, args.threshold, args.limit_per_class,
-                        classes, args.positive_class, args.batch_size, args.gallery_size)
-    except CrackxaiError as exc:
-        fail(STAGE, str(exc))
-    except KeyboardInterrupt:
-        fail(STAGE, "interrupted; outputs are written atomically, rerun to continue.", code=130)
+    evaluate_folder(args.model, args.data, args.out, args.threshold, args.limit_per_class,
+                    classes, args.positive_class, args.batch_size, args.gallery_size)
 
 
 if __name__ == "__main__":

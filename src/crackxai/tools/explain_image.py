@@ -42,7 +42,7 @@ import keras
 import numpy as np
 
 from crackxai.config import Config, check_methods, load_config, to_dict
-from crackxai.core.entry import fail, log
+from crackxai.core.entry import command, log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import atomic_dir
 from crackxai.core.paths import PROCESSED_DIR, REPORTS_DIR
@@ -331,15 +331,12 @@ def explain_image(args: argparse.Namespace) -> Path:
     return out
 
 
+INTERRUPTED = "interrupted; nothing was written (outputs are written all at once)."
+
+
+@command(STAGE, interrupted=INTERRUPTED)
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        explain_image(args)
-    except CrackxaiError as exc:
-        fail(STAGE, str(exc))
-    except KeyboardInterrupt:
-        fail(STAGE, "interrupted; nothing was written (outputs are written all at once).",
-             code=130)
+    explain_image(parse_args(argv))
 
 
 if __name__ == "__main__":

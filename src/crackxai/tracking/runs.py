@@ -1,9 +1,10 @@
 """MLflow plumbing shared by train, evaluate and explain: one run per trained model.
 
 The store is `tracking.uri`, else `MLFLOW_TRACKING_URI`, else a SQLite database in the *user's*
-project (`<project>/mlflow.db`, artifacts in `<project>/mlartifacts`). The project is DVC_ROOT when
-DVC runs the stage: queued experiments run in copies under .dvc/tmp/exps, and a store relative to
-that copy would be thrown away with it.
+project (`<root>/mlflow.db`, artifacts in `<root>/mlartifacts`). The caller passes that project
+root (stages: crackxai.core.paths.project_root(), i.e. DVC_ROOT when DVC runs the stage: queued
+experiments run in copies under .dvc/tmp/exps, and a store relative to that copy would be thrown
+away with it), and the run file's path: nothing here depends on the working directory.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from typing import Any
 from crackxai.config import Config, flatten, to_dict
 from crackxai.core.errors import CrackxaiError
 from crackxai.core.io import write_json
-from crackxai.core.paths import RUN_FILE, project_root
 
 
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`uri`, else MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db; relative SQLite and
-    file paths are made absolute against the user's project."""
+def resolve_tracking_uri(uri: str | None, root: str | Path) -> str:
+    """`uri`, else MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db; relative SQLite and
+    file paths are made absolute against `root`, the user's project."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    root = Path(root)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(project_root() / uri[len("sqlite:///"):])
+        return "sqlite:///" + str(root / uri[len("sqlite:///"):])
     if "://" not in uri:  # a plain folder: MLflow's file store
-        return (project_root() / uri).resolve().as_uri()
+        return (root / uri).resolve().as_uri()
     return uri
 
 
@@ -93,6 +94,8 @@ def redact(uri: str) -> str:
 
 
 def _git(*args: str) -> str | None:
+    # In the working directory on purpose: in a queued DVC experiment that is the copy at the
+    # experiment's own commit (DVC_ROOT, the project root, is the baseline's checkout).
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
                              cwd=Path.cwd())
@@ -134,15 +137,16 @@ def config_params(cfg: Config) -> dict[str, str]:
             for k, v in flatten(to_dict(cfg)).items()}
 
 
-def start_model_run(cfg: Config, stage: str = "train", extra_tags: dict[str, str] | None = None,
-                    run_id: str | None = None):
-    """Start the model's MLflow run (named after the DVC experiment when there is one).
+def start_model_run(cfg: Config, root: str | Path, stage: str = "train",
+                    extra_tags: dict[str, str] | None = None, run_id: str | None = None):
+    """Start the model's MLflow run (named after the DVC experiment when there is one) in the
+    store of `cfg.tracking` (relative paths against the project `root`).
 
     With `run_id` (an interrupted training being resumed) that run is reopened instead, if it is
     still in the store."""
     import mlflow
 
-    uri = resolve_tracking_uri(cfg.tracking.uri)
+    uri = resolve_tracking_uri(cfg.tracking.uri, root)
     experiment_id = connect(uri, cfg.tracking.experiment)
     tags = {**run_tags(stage), **(extra_tags or {})}
     if run_id is not None and _run_exists(run_id, experiment_id):
@@ -165,7 +169,7 @@ def _run_exists(run_id: str, experiment_id: str) -> bool:
     return run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
 
 
-def write_run_file(run: Any, path: str | Path = RUN_FILE) -> None:
+def write_run_file(run: Any, path: str | Path) -> None:
     info = run.info
     write_json(path, {"run_id": info.run_id, "experiment_id": info.experiment_id,
                       "run_name": info.run_name, "tracking_uri": redact(_current_uri())})
@@ -177,7 +181,7 @@ def _current_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def read_run_file(path: str | Path = RUN_FILE) -> dict[str, str]:
+def read_run_file(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CrackxaiError(
@@ -188,14 +192,17 @@ def read_run_file(path: str | Path = RUN_FILE) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def resume_model_run(cfg: Config, path: str | Path = RUN_FILE, nested_name: str | None = None):
-    """Reopen the model's run (from the run file) so a later stage logs into it; with
-    `nested_name`, also open a child run under it and yield that."""
+def resume_model_run(cfg: Config, path: str | Path, root: str | Path,
+                     nested_name: str | None = None):
+    """Reopen the model's run (from the run file at `path`) so a later stage logs into it; with
+    `nested_name`, also open a child run under it and yield that. The store: `cfg.tracking.uri`
+    or MLFLOW_TRACKING_URI when set, else the run file's (relative paths against `root`)."""
     import mlflow
 
     info = read_run_file(path)
-    uri = resolve_tracking_uri(cfg.tracking.uri) if cfg.tracking.uri or \
-        os.environ.get("MLFLOW_TRACKING_URI") else info.get("tracking_uri") or resolve_tracking_uri()
+    uri = resolve_tracking_uri(cfg.tracking.uri, root) if cfg.tracking.uri or \
+        os.environ.get("MLFLOW_TRACKING_URI") else \
+        info.get("tracking_uri") or resolve_tracking_uri(None, root)
     connect(uri, cfg.tracking.experiment)
     with mlflow.start_run(run_id=info["run_id"]) as parent:
         if nested_name is None:
