@@ -53,6 +53,9 @@ NAME_LISTS = {f"{PKG}.stages", f"{PKG}.tools"}
 # tracking.uri and tracking.experiment say where runs are logged, not what a stage computes: DVC
 # must not rerun a stage when they change, so reading cfg.tracking needs no `params` entry.
 PARAMS_EXEMPT = {"tracking"}
+# The first stage validates params.yaml in full before any other stage runs (DVC deletes a stage's
+# outputs just before running it): it alone depends on the whole file.
+WHOLE_PARAMS_STAGE = "validate"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,11 +346,18 @@ def params_problems(graph: Graph, dvc: dict, sections: set[str]) -> list[str]:
     problems = []
     for stage, spec in dvc["stages"].items():
         listed = set()
+        whole_file = False  # `- params.yaml:` (no keys): the stage depends on every section
         for p in spec.get("params", []):
             keys = [p] if isinstance(p, str) else p.get("params.yaml", [])
-            listed |= {k.split(".")[0] for k in keys}
+            whole_file |= keys is None
+            listed |= {k.split(".")[0] for k in keys or []}
         module = f"{PKG}.stages.{stage_module(stage, spec)}"
         read = sections_read(graph.files[module].read_text(), sections) - PARAMS_EXEMPT
+        if whole_file:  # only the stage that checks the whole file (validate) may list all of it
+            if stage != WHOLE_PARAMS_STAGE:
+                problems.append(f"stage {stage}: `params` lists the whole params.yaml; list the "
+                                "sections it reads, so other changes do not rerun it")
+            continue
         problems += [f"stage {stage}: reads cfg.{s} but `params` lacks it" for s in sorted(read - listed)]
         problems += [f"stage {stage}: `params` lists {s} but the stage never reads it"
                      for s in sorted(listed - read)]

@@ -149,7 +149,7 @@ def test_console_script_help(tmp_path: Path) -> None:
     top = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
     assert top.returncode == 0, top.stderr
-    assert "stages: download, preprocess, train, evaluate, explain" in top.stdout
+    assert "stages: validate, download, preprocess, train, evaluate, explain" in top.stdout
     assert "pipeline" in top.stdout
     train = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True,
                            timeout=120, cwd=tmp_path)
@@ -219,8 +219,11 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path, dict]]
 
 
 @pytest.fixture
-def restore_logging():
-    """Hydra configures the root logger for each job; put it back for the next tests."""
+def restore_logging(monkeypatch: pytest.MonkeyPatch):
+    """Hydra configures the root logger for each job; put it back for the next tests. Its
+    logging.config.dictConfig also closes every existing handler (logging.shutdown over
+    logging._handlerList), pytest's own log-capture handlers included: hide them from it."""
+    monkeypatch.setattr(logging, "_handlerList", [])
     root, ours = logging.getLogger(), logging.getLogger("crackxai")
     saved = (list(root.handlers), root.level, list(ours.handlers), ours.level)
     yield
@@ -288,7 +291,7 @@ def test_real_stage_subprocess_logs_through_the_job(project: Path, caplog) -> No
         pipeline.run_job(raw(bad), project / "outputs" / "bad", project, stages=("download",))
 
 
-def test_multirun_goes_on_after_a_bad_job(project: Path, fake_stages, restore_logging, capsys
+def test_multirun_goes_on_after_a_bad_job(project: Path, fake_stages, restore_logging, capfd
                                           ) -> None:
     """`python -m crackxai.pipeline -m train.lr=-1,0.25`: the bad job is logged and the next one
     runs; the command then exits 2 with the first failure in one line. Each job's
@@ -298,7 +301,7 @@ def test_multirun_goes_on_after_a_bad_job(project: Path, fake_stages, restore_lo
         pipeline.main(["-m", "train.lr=-1,0.25", f"hydra.sweep.dir={sweep}",
                        "optimized_metric=test/accuracy"])
     assert exc.value.code == 2
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert "crackxai.pipeline: error: Invalid value for 'train.lr'" in err
     assert "Traceback" not in err
     assert [c[1] for c in fake_stages] == [(sweep / "1").resolve()] * len(pipeline.STAGES)

@@ -54,6 +54,10 @@ class Layout:
         return self.root / "reports"
 
     @property
+    def config_dir(self) -> Path:
+        return self.reports_dir / "config"  # validate's resolved sections, the stages' deps
+
+    @property
     def data_quality(self) -> Path:
         return self.reports_dir / "data_quality.json"
 
@@ -87,6 +91,7 @@ MODEL_FILE = _HERE.model_file
 RUN_FILE = _HERE.run_file
 TRAIN_STATE_DIR = _HERE.train_state_dir
 REPORTS_DIR = _HERE.reports_dir
+CONFIG_DIR = _HERE.config_dir
 DATA_QUALITY = _HERE.data_quality
 TRAIN_HISTORY = _HERE.train_history
 METRICS = _HERE.metrics

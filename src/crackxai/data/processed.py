@@ -64,11 +64,34 @@ def load_split(name: str, processed_dir: str | Path, mmap: bool = True) -> Split
                 f"'{files[key]}' not found. Rerun `dvc repro preprocess` to rebuild {d}."
             )
     mode = "r" if mmap else None
-    images = np.load(files["images"], mmap_mode=mode)
-    labels = np.load(files["labels"])
-    masks = np.load(files["masks"], mmap_mode=mode) if files["masks"].is_file() else None
-    records = pd.read_csv(d / f"{name}.csv")
+    images = _load_npy(files["images"], mode, d)
+    labels = _load_npy(files["labels"], None, d)
+    masks = _load_npy(files["masks"], mode, d) if files["masks"].is_file() else None
+    table = d / f"{name}.csv"
+    try:
+        records = pd.read_csv(table)
+    except (OSError, ValueError) as exc:  # missing, empty or garbled (pandas errors are ValueErrors)
+        raise _unreadable(table, d, exc) from None
     return Split(name, images, labels, masks, records, classes)
+
+
+def _load_npy(path: Path, mmap_mode: str | None, processed_dir: Path) -> np.ndarray:
+    """np.load with a one-paragraph DataError for a truncated or corrupt file: numpy says
+    'mmap length is greater than file size' or 'cannot reshape array', which name neither the
+    file nor the fix."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _unreadable(path, processed_dir, exc) from None
+
+
+def _unreadable(path: Path, processed_dir: Path, exc: BaseException) -> DataError:
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return DataError(
+        f"'{path}' is truncated or corrupt ({path.stat().st_size if path.exists() else 0} bytes; "
+        f"{reason}). Rebuild {processed_dir} with `dvc repro preprocess` (or `dvc checkout "
+        f"{processed_dir}` to restore the last good copy from the DVC cache)."
+    )
 
 
 RECORD_COLUMNS = ("path", "label", "class", "sha256", "has_mask")  # {split}.csv, after "index"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,31 @@ def load_model(path: str | Path) -> keras.Model:
             f"Model file '{path}' not found. Train one with `dvc repro train` "
             "(or `python -m crackxai.train`), or pass the path of a saved .keras model."
         )
+    if path.suffix == ".keras" and not _is_whole_zip(path):
+        # Keras reports a truncated archive as "File not found", which sends users looking for
+        # a file that is there.
+        raise CrackxaiError(
+            f"Model file '{path}' is corrupt or truncated ({path.stat().st_size} bytes; not a "
+            "complete .keras zip archive). Restore the last trained model with `dvc checkout "
+            f"{path}` or retrain with `dvc repro train`."
+        )
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for bad files
         raise CrackxaiError(
             f"Cannot load model '{path}': {str(exc).splitlines()[0]}. "
-            "Expected a Keras 3 .keras file saved by crackxai.stages.train or keras.Model.save()."
+            "Expected a Keras 3 .keras file saved by crackxai.stages.train or keras.Model.save(); "
+            f"if it is one, it is corrupt: `dvc checkout {path}` or `dvc repro train`."
         ) from None
+
+
+def _is_whole_zip(path: Path) -> bool:
+    """Whether `path` is a zip archive whose members all read back (CRCs checked)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError):
+        return False
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:
