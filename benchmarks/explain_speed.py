@@ -9,8 +9,9 @@ ResNet50 with random weights. Images: synthetic concrete surfaces at the model's
 
 Reference, as in the notebooks this replaces:
   shap  shap.Explainer(f, masker) with f = lambda x: model(x, training=False).numpy(), an eager
-        call per batch of 50. (The notebooks' literal `model(x)` would also run the augmentation
-        layers of the crackxai model, making the attributions random; see crackxai/predictor.py.)
+        call per batch of 50. (The notebooks' literal `model(x)` runs the random augmentation
+        layers of a model that has them, making the attributions random; the crackxai model has
+        none, see crackxai/models/predictor.py.)
   lime  explain_instance(..., classifier_fn=model.predict, batch_size=10), lime's default.
 Ours: the Explainer from crackxai.xai.registry through the shared Predictor (lime with
 explain.lime.batch_size=50). The two runs must give the same attributions (np.allclose).

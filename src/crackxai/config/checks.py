@@ -88,6 +88,9 @@ def check_values(cfg: Config, origin: Origin = _default_origin) -> None:
     check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in [0, {MAX_SEED}]")
     check(bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment,
           "a non-empty MLflow experiment name")
+    name = cfg.tracking.registered_model
+    check(name is None or bool(name.strip()), "tracking.registered_model", name,
+          "a Model Registry name (e.g. crackxai), or null to log the model without registering it")
 
 
 def _check_data(cfg: Config, check: _Checker) -> None:

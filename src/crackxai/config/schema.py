@@ -172,6 +172,7 @@ class ExplainConfig:
 class TrackingConfig:
     uri: str | None = MISSING
     experiment: str = MISSING
+    registered_model: str | None = MISSING
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zipfile
 import zlib
 from pathlib import Path
@@ -11,7 +12,9 @@ import keras
 
 from crackxai.core.errors import CrackxaiError
 from crackxai.core.io import atomic_path
-from crackxai.models import resnet  # noqa: F401 - registers the custom layers a saved model uses
+from crackxai.models import legacy  # registers the custom layers older saved models use
+
+logger = logging.getLogger(__name__)
 
 
 def check_model(model: Any, num_classes: int, image_size: int, model_path: Path | str,
@@ -50,13 +53,24 @@ def load_model(path: str | Path) -> keras.Model:
             f"{path}` or retrain with `dvc repro train`."
         )
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for bad files
         raise CrackxaiError(
             f"Cannot load model '{path}': {str(exc).splitlines()[0]}. "
             "Expected a Keras 3 .keras file saved by crackxai.stages.train or keras.Model.save(); "
             f"if it is one, it is corrupt: `dvc checkout {path}` or `dvc repro train`."
         ) from None
+    if any(type(layer).__module__ == legacy.__name__ for layer in model.layers):
+        logger.warning(f"'{path}' was saved by an earlier crackxai: it predicts as before but "
+                       "loads only where crackxai is importable. Retrain (`dvc repro train`) "
+                       "for a model that plain keras.saving.load_model reads.")
+    return model
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """An uncompiled model sharing the trained layers: saved, it holds the weights only once,
+    without the optimizer state (a third of the size with Adam's)."""
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def _is_whole_zip(path: Path) -> bool:
@@ -69,8 +83,6 @@ def _is_whole_zip(path: Path) -> bool:
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:
-    """Atomically, without the optimizer: an uncompiled model sharing the trained layers is
-    saved, so the file holds the weights only once (a third of the size with Adam's state)."""
-    inference = keras.Model(model.input, model.output, name=model.name)
+    """Atomically, without the optimizer (`inference_model`)."""
     with atomic_path(path, suffix=".keras") as tmp:
-        inference.save(tmp)
+        inference_model(model).save(tmp)

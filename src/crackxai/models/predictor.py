@@ -6,9 +6,10 @@ per batch of 10), and an eager `model(x)` runs the ~180 ResNet50 layers op by op
 is traced once into a TensorFlow graph whose batch dimension is left open, so any batch size runs
 the same graph without retracing or padding.
 
-It always calls the model with `training=False`: the crackxai model starts with RandomFlip and
-RandomTranslation, which an eager `model(x)` without `training=False` *applies*, so the reference
-notebooks' `lambda x: model(x).numpy()` explains randomly augmented images.
+It always calls the model with `training=False`. The crackxai model holds no random layer (its
+augmentation is in the training input pipeline), but other Keras classifiers may start with
+RandomFlip or RandomTranslation, which an eager `model(x)` without `training=False` *applies*:
+the reference notebooks' `lambda x: model(x).numpy()` then explains randomly augmented images.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The ResNet50 layers are built *flat* into the model (`input_tensor=`), not neste
 so `conv5_block3_out` is a top-level layer: tf-keras-vis and hand-written Grad-CAM can reach it.
 The head is a softmax even for two classes, so ScoreCAM (which softmaxes the scores) is not
 degenerate, and the crack probability is simply `probs[:, positive_class]`.
+
+Only standard Keras layers: a saved model loads with plain `keras.saving.load_model` in a Python
+that never imports crackxai. (Models saved before this held custom crackxai layers; they still
+load through crackxai.models.io.load_model, see crackxai.models.legacy.)
 """
 
 from __future__ import annotations
@@ -25,30 +29,30 @@ RESNET_STAGES = ("conv5_", "conv4_", "conv3_", "conv2_")  # top to bottom, for f
 LAST_CONV_LAYER = "conv5_block3_out"
 
 
-@keras.saving.register_keras_serializable(package="crackxai")
-class ResNetPreprocess(layers.Layer):
-    """`keras.applications.resnet.preprocess_input` as a layer, saved with the model."""
-
-    def call(self, inputs):
-        return keras.applications.resnet.preprocess_input(inputs)
+# keras.applications.resnet.preprocess_input ('caffe' mode): RGB -> BGR, minus this BGR mean.
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+PREPROCESS_LAYER = "resnet_preprocess"
 
 
-class _OnlyWhenTraining:
-    """Keras's random image layers default to `training=True`, so a plain `model(x)` call (as
-    Grad-CAM, SHAP or LIME make it) would augment. These augment only when training=True."""
+def caffe_preprocess(x: keras.KerasTensor) -> keras.KerasTensor:
+    """`keras.applications.resnet.preprocess_input` built from standard Keras layers only, so the
+    saved model loads with plain `keras.saving.load_model` (no crackxai import, no custom class).
 
-    def call(self, data, training=False):
-        return super().call(data, training=training)
-
-
-@keras.saving.register_keras_serializable(package="crackxai")
-class RandomFlip(_OnlyWhenTraining, layers.RandomFlip):
-    pass
-
-
-@keras.saving.register_keras_serializable(package="crackxai")
-class RandomTranslation(_OnlyWhenTraining, layers.RandomTranslation):
-    pass
+    RGB -> BGR: three Cropping2D slices of the channel axis (`channels_first` makes Cropping2D
+    crop the last two axes, i.e. width and channels of an NHWC tensor) concatenated in reverse;
+    pure data movement, unlike a 1x1 convolution or Dense permutation, which TF32 on a GPU would
+    round. Then Rescaling(1, offset=-mean): x * 1.0 + (-mean) rounds exactly as preprocess_input's
+    x + (-mean), so the output is bit-identical. All in float32, even under mixed precision: the
+    mean subtraction on 0-255 values stays exact.
+    """
+    channels = [
+        layers.Cropping2D(((0, 0), crop), data_format="channels_first", dtype="float32",
+                          name=f"preprocess_{name}")(x)
+        for name, crop in (("b", (2, 0)), ("g", (1, 1)), ("r", (0, 2)))
+    ]
+    bgr = layers.Concatenate(axis=-1, dtype="float32", name="preprocess_bgr")(channels)
+    return layers.Rescaling(1.0, offset=[-m for m in IMAGENET_BGR_MEAN], dtype="float32",
+                            name=PREPROCESS_LAYER)(bgr)
 
 
 def imagenet_cache_path() -> Path:
@@ -92,21 +96,16 @@ def build_model(
     image_size: int,
     weights: str | None = None,
     dropout: float = 0.2,
-    flip: bool = True,
-    translate: float = 0.1,
     seed: int = 42,
     bn_momentum: float = 0.9,
 ) -> keras.Model:
-    """ResNet50 backbone + global average pooling + softmax head, preprocessing included."""
+    """ResNet50 backbone + global average pooling + softmax head, preprocessing included.
+
+    Standard Keras layers only (portable). Augmentation is not in the model: it lives in the
+    training input pipeline (crackxai.models.training.make_dataset), so no call path (predict,
+    `model(x)`, tf-keras-vis gradients) can ever augment."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = inputs
-    if flip:
-        x = RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
-    if translate > 0:
-        x = RandomTranslation(translate, translate, fill_mode="reflect", seed=seed,
-                              name="augment_translate")(x)
-    # float32 even under mixed precision: the mean subtraction on 0-255 values stays exact
-    x = ResNetPreprocess(name="resnet_preprocess", dtype="float32")(x)
+    x = caffe_preprocess(inputs)
     resolved = resolve_weights(weights)
     try:
         backbone = keras.applications.ResNet50(include_top=False, weights=resolved, input_tensor=x)

@@ -24,13 +24,46 @@ logger = logging.getLogger(__name__)
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
 
-def make_dataset(split: Split, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of (uint8 images, int64 labels) gathered from the memory-mapped arrays.
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, flip: bool, translate: float) -> tf.Tensor:
+    """Random horizontal flips and translations of a batch, a function of `seed` (shape (2,)).
+
+    What Keras's RandomFlip("horizontal") and RandomTranslation(translate, translate,
+    fill_mode="reflect") do (the same bilinear ImageProjectiveTransformV3 op), but with
+    stateless random ops: the result depends on the seed only, never on how many times a layer
+    ran, so a seeded pipeline is reproducible. Returns float32 0-255 images.
+    """
+    x = tf.cast(images, tf.float32)
+    if flip:
+        x = tf.image.stateless_random_flip_left_right(x, seed=seed)
+    if translate > 0:
+        shape = tf.shape(x)
+        n, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        shift = tf.random.stateless_uniform((n, 2), seed=seed + [0, 1], minval=-translate,
+                                            maxval=translate)
+        dx, dy = shift[:, 0] * width, shift[:, 1] * height
+        one, zero = tf.ones_like(dx), tf.zeros_like(dx)
+        # output pixel (x, y) reads input pixel (x - dx, y - dy): a shift by (dx, dy)
+        transforms = tf.stack([one, zero, -dx, zero, one, -dy, zero, zero], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="REFLECT")
+    return x
+
+
+def make_dataset(split: Split, batch_size: int, shuffle_seed: int | None = None,
+                 flip: bool = False, translate: float = 0.0,
+                 augment_seed: int = 0) -> tf.data.Dataset:
+    """Batches of (images, int64 labels) gathered from the memory-mapped arrays.
 
     Only indices go through tf.data (shuffled with the seed, a new order each epoch); each batch
     is one numpy gather from the memory map, so memory stays bounded whatever the dataset size.
     The gather is declared stateless: under op determinism tf.data then still runs it in parallel
     and prefetches.
+
+    With `flip` or `translate` (the training split only) each batch is augmented by
+    `augment_batch` with a seed drawn from a `Dataset.random(augment_seed)` stream that is
+    re-drawn each epoch: new augmentations every epoch, the same ones for the same seed. Images
+    are then float32 0-255, else the stored uint8. The model itself holds no augmentation layer.
     """
     images, labels = split.images, split.labels
     size = images.shape[1]
@@ -48,8 +81,19 @@ def make_dataset(split: Split, batch_size: int, shuffle_seed: int | None = None)
     ds = tf.data.Dataset.range(len(labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if flip or translate > 0:
+        seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        seeds = seeds.batch(2)  # a stateless seed is a pair of integers
+
+        def augment(batch: tuple[tf.Tensor, tf.Tensor], seed: tf.Tensor):
+            x, y = batch
+            x = augment_batch(x, seed, flip, translate)
+            x.set_shape((None, size, size, 3))
+            return x, y
+
+        ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 class HistoryLogger(keras.callbacks.Callback):

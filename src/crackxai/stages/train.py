@@ -13,8 +13,11 @@ A killed run resumes when rerun: models/.train_state holds Keras's BackupAndRest
 phase, the history so far, the best checkpoint and the MLflow run id, and is removed after a
 successful finish. It is discarded when the configuration or the data changed in between.
 
-Outputs: models/model.keras (raw 0-255 RGB in, softmax over classes.json's classes out),
-models/mlflow_run.json (the run later stages log into), reports/train_history.csv.
+Outputs: models/model.keras (raw 0-255 RGB in, softmax over classes.json's classes out; standard
+Keras layers only, so plain `keras.saving.load_model` reads it), models/mlflow_run.json (the run
+later stages log into), reports/train_history.csv. In MLflow the run holds the same model as an
+MLflow model (`runs:/<run_id>/model`), registered as a new version of `tracking.registered_model`
+(crackxai.tracking.registry).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from crackxai.core.paths import (
     project_root,
 )
 from crackxai.data.processed import Split
-from crackxai.models.io import save_model
+from crackxai.models.io import inference_model, save_model
 from crackxai.models.resnet import build_model, resolve_weights
 from crackxai.models.training import (
     configure_runtime,
@@ -50,6 +53,7 @@ from crackxai.models.training import (
     write_history_csv,
 )
 from crackxai.tracking.keras_logger import MlflowLogger
+from crackxai.tracking.registry import log_model
 from crackxai.tracking.runs import (
     connect,
     resolve_tracking_uri,
@@ -99,15 +103,22 @@ def main(cfg: Config) -> dict[str, Any]:
                f"train state in {state_dir}")
     try:
         log(STAGE, f"building ResNet50 (weights={m.weights}, {t.precision})")
-        model = build_model(len(train.classes), size, m.weights, m.dropout, m.augment.flip,
-                            m.augment.translate, cfg.seed)
-        rows = run_phases(model, plan, make_dataset(train, t.batch_size, shuffle_seed=cfg.seed),
-                          make_dataset(val, t.batch_size), state_dir, TRAIN_HISTORY, t.patience,
-                          callbacks=[MlflowLogger()])
+        model = build_model(len(train.classes), size, m.weights, m.dropout, seed=cfg.seed)
+        # augmentation in the input pipeline (train only), not in the saved model
+        train_ds = make_dataset(train, t.batch_size, shuffle_seed=cfg.seed, flip=m.augment.flip,
+                                translate=m.augment.translate, augment_seed=cfg.seed)
+        rows = run_phases(model, plan, train_ds, make_dataset(val, t.batch_size), state_dir,
+                          TRAIN_HISTORY, t.patience, callbacks=[MlflowLogger()])
+        model = inference_model(model)  # no optimizer state, in the file or in MLflow
         save_model(model, MODEL_FILE)
         write_history_csv(rows, TRAIN_HISTORY)
         log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
-        mlflow.log_artifact(str(MODEL_FILE), artifact_path="model")
+        # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
+        logged = log_model(model, val.images[:1], cfg.tracking.registered_model)
+        name, version = cfg.tracking.registered_model, logged["version"]
+        log(STAGE, f"logged the MLflow model {logged['model_uri']}, " + (
+            f"registered as {name} version {version}" if version else
+            "not registered (tracking.registered_model=null)"))
         write_run_file(run, RUN_FILE)
     except BaseException as exc:  # the state stays: a rerun resumes this run
         mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

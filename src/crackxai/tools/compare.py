@@ -2,10 +2,14 @@
 
     python -m crackxai.compare [--last N] [--metric test/accuracy] [--param train.lr]
                                [--experiment crackxai] [--uri URI] [--out reports/compare.png]
+                               [--promote test/accuracy [--registered-model crackxai]]
 
 Only top-level runs (one per trained model) are compared; the nested explain runs hang under them.
 The table shows each run's name (the DVC experiment name for `dvc exp run`), the params that differ
 between the runs, and the key metrics; the chart plots `--metric` against the changed param.
+`--promote METRIC` then sets the alias `champion` on the registered model version of the best of
+the compared runs by METRIC (lower is better for losses and errors, else higher), so
+`models:/crackxai@champion` names it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from crackxai.config import default_config
 from crackxai.core.entry import command, log
 from crackxai.core.errors import CrackxaiError
 from crackxai.core.paths import project_root
+from crackxai.tracking.registry import CHAMPION_ALIAS, lower_is_better, promote_best
 from crackxai.tracking.runs import redact, resolve_tracking_uri
 
 STAGE = "compare"
@@ -191,6 +196,32 @@ def compare(last: int = 10, metric: str = "test/accuracy", experiment: str | Non
     return table
 
 
+def promote(metric: str, last: int = 10, experiment: str | None = None, uri: str | None = None,
+            registered_model: str | None = None) -> str:
+    """Alias `champion` -> the registered version of the best of the last `last` runs by
+    `metric`; returns (and logs) what it did."""
+    if last < 1:
+        raise CrackxaiError(f"--last must be a positive number of runs, got {last}.")
+    import mlflow
+
+    tracking_uri = resolve_tracking_uri(uri, project_root())
+    defaults = default_config().tracking
+    experiment = experiment or defaults.experiment
+    name = registered_model or defaults.registered_model
+    if not name:
+        raise CrackxaiError("--promote needs a registered model name: pass --registered-model "
+                            "NAME (tracking.registered_model is null in conf/tracking/).")
+    runs = load_runs(tracking_uri, experiment, last)
+    client = mlflow.MlflowClient(tracking_uri)
+    best, version = promote_best(client, runs, metric, name)
+    how = "lowest" if lower_is_better(metric) else "highest"
+    message = (f"{name} version {version.version} (run {run_label(best)}, {metric} "
+               f"{best.data.metrics[metric]:.4g}, the {how} of {len(runs)} run(s)) is now "
+               f"models:/{name}@{CHAMPION_ALIAS}")
+    log(STAGE, message)
+    return message
+
+
 @command(STAGE)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m crackxai.compare", description=__doc__.split(
@@ -205,9 +236,17 @@ def main(argv: list[str] | None = None) -> None:
                         "else sqlite:///<project>/mlflow.db)")
     parser.add_argument("--out", default="reports/compare.png", help="chart file (PNG)")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
+    parser.add_argument("--promote", metavar="METRIC", default=None, help="set the alias "
+                        f"'{CHAMPION_ALIAS}' on the registered version of the best compared run "
+                        "by METRIC (e.g. test/accuracy; lower is better for losses)")
+    parser.add_argument("--registered-model", default=None, help="registered model for "
+                        "--promote (default tracking.registered_model: crackxai)")
     args = parser.parse_args(argv)
     compare(last=args.last, metric=args.metric, experiment=args.experiment, param=args.param,
             uri=args.uri, out=None if args.no_plot else args.out)
+    if args.promote:
+        promote(args.promote, last=args.last, experiment=args.experiment, uri=args.uri,
+                registered_model=args.registered_model)
 
 
 if __name__ == "__main__":
