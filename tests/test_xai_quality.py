@@ -314,3 +314,22 @@ def test_cascade_steps_and_errors(resnet_like):
     plain = keras.Model(inputs, keras.layers.Dense(2, name="predictions")(inputs))
     with pytest.raises(ValueError, match="conv5"):
         EM.cascading_layer_steps(plain)
+
+
+def test_matches_quantus_reference_values(mask):
+    """Values from Quantus 0.6.0 (RelevanceRankAccuracy, RelevanceMassAccuracy on the positive
+    part, AUC, Sparseness, Complexity; normalise=False) in a scratch venv, on these two maps.
+    Sparseness differs by ~1e-6 through Quantus's +1e-7 on every value."""
+    maps = np.random.default_rng(2).normal(size=(2, H, W)) + 2 * mask
+    masks = np.stack([mask, mask])
+    expected = {
+        Q.relevance_rank_accuracy_batch: [0.4787234042553192, 0.6595744680851063],
+        Q.relevance_mass_accuracy_batch: [0.3075683278113155, 0.3695050753947946],
+        Q.roc_auc_batch: [0.893182338137726, 0.9241935483870968],
+    }
+    for fn, values in expected.items():
+        np.testing.assert_allclose(fn(maps, masks), values, rtol=1e-12)
+    np.testing.assert_allclose(Q.sparseness_batch(maps), [0.42375530575566167, 0.443673967147194],
+                               atol=2e-6)
+    np.testing.assert_allclose(Q.complexity_batch(maps), [6.633438138349256, 6.603805055583815],
+                               rtol=1e-8)
