@@ -8,7 +8,7 @@ tensorflow<2.16 / keras<3, and its core pulls opencv-python, which clashes with 
 
 | metric | definition | paper | better | range |
 | --- | --- | --- | --- | --- |
-| relevance_rank_accuracy | share of the K = |mask| highest-attributed pixels inside the mask (ties at the K-th value shared in expectation) | Arras et al. 2022, CLEVR-XAI | higher | [0, 1]; chance = mask fraction |
+| relevance_rank_accuracy | share of the K = (mask size) highest-attributed pixels inside the mask (ties at the K-th value shared in expectation) | Arras et al. 2022, CLEVR-XAI | higher | [0, 1]; chance = mask fraction |
 | relevance_mass_accuracy | positive attribution inside the mask / all positive attribution | Arras et al. 2022, CLEVR-XAI | higher | [0, 1]; chance = mask fraction |
 | roc_auc | ROC AUC of the map as a score for "pixel is in the mask" (ties count 1/2) | Fawcett 2006; Quantus `AUC` | higher | [0, 1]; chance 0.5 |
 | sparseness | Gini index of \\|attribution\\| | Chalasani et al. 2020 | higher | [0, 1 - 1/HW] |
