@@ -20,7 +20,7 @@ any callable (N, H, W, 3) -> (N, C) probabilities, e.g. crackxai.models.predicto
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import cv2
 import keras
@@ -252,3 +252,49 @@ def randomized_copy(model: keras.Model, randomize: str = "head", seed: int = 0) 
             initializer = _reseeded(initializer, seed * 100_003 + n)
             variable.assign(initializer(variable.shape, dtype=variable.dtype))
     return clone
+
+
+# --- Sanity: cascading randomisation, top block to bottom -------------------------------------
+
+# ResNet50's stages, top (next to the head) to bottom. Each cascade step re-initialises one more
+# (Adebayo et al. 2018, "cascading randomization": from the logits down, cumulatively).
+CASCADE_STAGES = ("conv5_", "conv4_", "conv3_", "conv2_", "conv1_")
+
+
+def cascading_layer_steps(model: keras.Model, stages: tuple[str, ...] = CASCADE_STAGES
+                          ) -> list[tuple[str, list[str]]]:
+    """[(step name, layers newly re-initialised at that step), ...]: first the head ('head':
+    'predictions'), then each stage prefix in order ('conv5', 'conv4', ...). Applied in order the
+    steps are cumulative. Only layers with weights count; a stage with none is an error (a typo
+    or another architecture would otherwise pass silently as 'nothing changed')."""
+    weighted = [layer.name for layer in model.layers if layer.weights]
+    steps = [("head", [name for name in weighted if name == HEAD_LAYER])]
+    steps += [(prefix.rstrip("_"), [name for name in weighted if name.startswith(prefix)])
+              for prefix in stages]
+    empty = [step for step, names in steps if not names]
+    if empty:
+        raise ValueError(f"no layers with weights for cascade step(s) {empty} in {model.name}")
+    return steps
+
+
+def cascading_randomized_copies(model: keras.Model, stages: tuple[str, ...] = CASCADE_STAGES,
+                                seed: int = 0) -> Iterator[tuple[str, keras.Model]]:
+    """Yield (step, model) for each cascading_layer_steps step: ONE copy of `model`, re-initialised
+    further at each step (head, then head + conv5, then head + conv5 + conv4, ...), each layer
+    with its own initializer. Use the yielded model (compute its maps) before advancing: the next
+    step changes it in place, so the cascade costs one copy, not one per step. Seeded per
+    variable by its position in the model, so a layer gets the same random weights whatever the
+    step order; the trained model is never touched."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    position = {layer.name: i for i, layer in enumerate(clone.layers)}
+    for step, names in cascading_layer_steps(clone, stages):
+        for name in names:
+            layer = clone.get_layer(name)
+            for j, variable in enumerate(layer.weights):
+                initializer = getattr(layer, f"{variable.name}_initializer", None)
+                if initializer is None:
+                    raise ValueError(f"no initializer for {layer.name}/{variable.name}")
+                initializer = _reseeded(initializer, seed * 100_003 + position[name] * 16 + j)
+                variable.assign(initializer(variable.shape, dtype=variable.dtype))
+        yield step, clone
