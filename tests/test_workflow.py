@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from crackxai.stages import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-STAGE_MODULES = ("validate", "download", "preprocess", "train", "evaluate", "explain")
+STAGE_MODULES = STAGES
 
 
 def tool_env() -> dict[str, str]:
@@ -189,7 +191,8 @@ def test_hydra_multirun_jobs_in_own_folders(tmp_path: Path) -> None:
              "train.lr=1e-3,-1,1e-4", "optimized_metric=test/accuracy",
              "hydra.sweep.dir=multirun/lr", cwd=proj, timeout=1800, check=False)
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "crackxai.pipeline: error: Invalid value for 'train.lr': -1.0" in out.stderr
+    assert "crackxai.pipeline: error: Invalid value for 'train.lr'" in out.stderr
+    assert ": -1.0. Allowed: a positive number" in out.stderr
     for job in ("0", "2"):
         folder = proj / "multirun" / "lr" / job
         assert (folder / "models" / "model.keras").is_file(), out.stdout[-3000:]
