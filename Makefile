@@ -7,26 +7,50 @@ UV := $(shell command -v uv 2>/dev/null || echo $(PYTHON) -m uv)
 # TensorFlow, Keras and SHAP, and without .pyc files each start recompiles them (tens of seconds).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup run test test-slow lint params bench clean
+# TensorFlow build: TF=cpu (default, the `cpu` dependency group: tensorflow-cpu) or TF=gpu (the `gpu`
+# group: tensorflow[and-cuda], with CUDA and cuDNN from pip). `make setup-gpu` records the choice in
+# .venv, so later `make run` / `make test` keep the GPU build instead of syncing back to the CPU one;
+# `make setup TF=cpu` switches back.
+# Both wheels write the same `tensorflow/` files: if the other build got installed on top (a plain
+# `uv run` after `make setup-gpu` adds tensorflow-cpu), removing it deletes shared files, so the
+# wanted build is then reinstalled too.
+TF_GPU_MARK := .venv/.crackxai-tf-gpu
+TF_SITE := .venv/lib/python3.11/site-packages
+TF ?= $(if $(wildcard $(TF_GPU_MARK)),gpu,cpu)
+ifeq ($(TF),gpu)
+UV_GROUPS := --no-group cpu --group gpu
+TF_REPAIR := $(if $(wildcard $(TF_SITE)/tensorflow_cpu-*.dist-info),--reinstall-package tensorflow)
+else ifeq ($(TF),cpu)
+UV_GROUPS :=
+TF_REPAIR := $(if $(wildcard $(TF_SITE)/tensorflow-*.dist-info),--reinstall-package tensorflow-cpu)
+else
+$(error TF must be cpu or gpu, not '$(TF)')
+endif
 
-setup:  ## install the locked environment into .venv
+.PHONY: setup setup-gpu run test test-slow lint params bench clean
+
+setup:  ## install the locked environment into .venv (TF=gpu: the CUDA build of TensorFlow)
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --compile-bytecode --python 3.11
+	$(UV) sync --frozen --compile-bytecode --python 3.11 $(UV_GROUPS)$(if $(TF_REPAIR), $(TF_REPAIR))
+	@$(if $(filter gpu,$(TF)),touch $(TF_GPU_MARK),rm -f $(TF_GPU_MARK))
+
+setup-gpu:  ## install the locked environment with tensorflow[and-cuda] instead of tensorflow-cpu
+	$(MAKE) setup TF=gpu
 
 run: setup  ## download -> preprocess -> train -> evaluate -> explain on the embedded synthetic data
-	$(UV) run --frozen dvc repro
+	$(UV) run --frozen $(UV_GROUPS) dvc repro
 
 test: setup  ## the default (fast) test suite
-	$(UV) run --frozen pytest
+	$(UV) run --frozen $(UV_GROUPS) pytest
 
 test-slow: setup  ## the slow, end-to-end tests (real-data sample, full sweeps)
-	$(UV) run --frozen pytest -m slow
+	$(UV) run --frozen $(UV_GROUPS) pytest -m slow
 
 lint: setup
-	$(UV) run --frozen ruff check src tests benchmarks
+	$(UV) run --frozen $(UV_GROUPS) ruff check src tests benchmarks
 
 params: setup  ## regenerate params.yaml from conf/ (as `dvc exp run` does)
-	$(UV) run --frozen python -m crackxai.params
+	$(UV) run --frozen $(UV_GROUPS) python -m crackxai.params
 
 clean:
 	rm -rf data/raw data/processed data/manifest.csv models/model.keras models/.train_state reports
