@@ -268,3 +268,23 @@ def test_bit_flipped_model_loads_right_or_is_one_line_error(tiny_model: dict[str
 def test_truncated_model_is_one_line_error(tiny_model: dict[str, Any], frac: float) -> None:
     data = tiny_model["bytes"]
     _check_model_bytes(tiny_model, data[:int(frac * len(data))])
+
+
+@pytest.mark.parametrize("exc", [KeyError(), ValueError("\n"), OSError("line one\nline two")])
+def test_keras_error_without_a_message_is_still_one_line(
+        tiny_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        exc: Exception) -> None:
+    """Keras may raise with an empty message; the CrackxaiError must not turn into IndexError."""
+    import keras
+
+    from crackxai.models.io import load_model
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise exc
+
+    path = tmp_path / "model.keras"
+    path.write_bytes(tiny_model["bytes"])
+    monkeypatch.setattr(keras.models, "load_model", fail)
+    with pytest.raises(CrackxaiError) as err:
+        load_model(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
