@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crackxai.core.errors import CrackxaiError, DataError
-from crackxai.data.decode import decode_image, decode_mask, load_file
+from crackxai.data.decode import PNG_END, decode_image, decode_mask, load_file
 from crackxai.data.processed import load_split, write_classes, write_split
 from crackxai.data.synthetic import render
 
@@ -106,7 +106,7 @@ def test_truncated_image_is_rejected_never_half_grey(name: str, frac: float) -> 
     if out[0] is not None:  # only a PNG cut inside its trailing IEND chunk: all pixels are there
         assert cut[:8] == b"\x89PNG\r\n\x1a\n", f"truncated {name} decoded"
         np.testing.assert_array_equal(out[0], WHOLE[name])
-    elif cut[:2] == b"\xff\xd8":
+    elif cut[:2] == b"\xff\xd8" or cut[:8] == b"\x89PNG\r\n\x1a\n":
         assert out[1] == "truncated"
 
 
@@ -126,6 +126,8 @@ def test_bit_flipped_image_is_a_report_entry_never_a_crash(name: str, flips: lis
     assert set(out) >= {"image", "reason", "detail", "sha256"}
     if out["image"] is None:
         assert out["reason"] in REASONS and out["detail"], out
+        if out["reason"] == "truncated":  # never said of a whole file damaged inside
+            assert cut or not data.rstrip(b"\x00\r\n ").endswith((b"\xff\xd9", PNG_END))
     else:
         assert out["reason"] == "" and out["image"].shape == (SIZE, SIZE, 3)
         assert out["image"].dtype == np.uint8
@@ -234,8 +236,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     probe = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    return {"bytes": path.read_bytes(), "probe": probe,
-            "expected": model.predict(probe, verbose=0)}
+    return _Quiet(bytes=path.read_bytes(), probe=probe, expected=model.predict(probe, verbose=0))
+
+
+class _Quiet(dict):
+    """Hypothesis prints the fixtures of a failing case: a name, not 20 kB of bytes."""
+
+    def __repr__(self) -> str:
+        return f"<tiny .keras model, {len(self['bytes'])} bytes>"
 
 
 def _check_model_bytes(tiny: dict[str, Any], data: bytes) -> None:
@@ -288,3 +296,20 @@ def test_keras_error_without_a_message_is_still_one_line(
     with pytest.raises(CrackxaiError) as err:
         load_model(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [(8, 0x40), (8, 0x01), (10, 99)])
+def test_flipped_zip_flag_or_method_is_one_line_error(tiny_model: dict[str, Any], tmp_path: Path,
+                                                      field: int, value: int) -> None:
+    """Found by the fuzz: central-directory flag bit 6 made zipfile raise NotImplementedError
+    ("strong encryption"), bit 0 RuntimeError ("encrypted"), an unknown method another one."""
+    data = bytearray(tiny_model["bytes"])
+    at = data.index(b"PK\x01\x02") + field  # first central-directory entry: flags, method
+    data[at] |= value
+    path = tmp_path / "model.keras"
+    path.write_bytes(bytes(data))
+    from crackxai.models.io import load_model
+
+    with pytest.raises(CrackxaiError, match="corrupt or truncated") as err:
+        load_model(path)
+    assert "\n" not in str(err.value)

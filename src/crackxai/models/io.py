@@ -84,7 +84,9 @@ def _is_whole_zip(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.testzip() is None
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError):
+        # RuntimeError: a flipped flag or method field reads as "File is encrypted" or
+        # NotImplementedError("strong encryption (flag bit 6)"), which zipfile raises as such.
         return False
 
 
