@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
 
 
@@ -30,8 +31,10 @@ def decode_image(data: bytes, size: int,
     except cv2.error as exc:
         return None, "not_an_image", f"OpenCV cannot decode it: {str(exc).strip()[:120]}", (0, 0)
     if img is None:
-        reason = "truncated" if data[:8] == b"\x89PNG\r\n\x1a\n" else "not_an_image"
-        return None, reason, "OpenCV cannot decode it", (0, 0)
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and not data.rstrip(b"\x00\r\n ").endswith(PNG_END):
+            return None, "truncated", "PNG without its end chunk (IEND)", (0, 0)
+        # A whole PNG that fails is damaged inside (a chunk CRC or the zlib stream), not cut short.
+        return None, "not_an_image", "OpenCV cannot decode it", (0, 0)
     h, w = img.shape[:2]
     if h < min_source_size or w < min_source_size:
         return None, "too_small", f"{w}x{h} < preprocess.min_source_size={min_source_size}", (0, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,13 +43,27 @@ class Split:
 
 
 def read_classes(processed_dir: str | Path) -> list[str]:
-    path = Path(processed_dir) / "classes.json"
+    return list(_read_meta(Path(processed_dir))["classes"])
+
+
+def _read_meta(processed_dir: Path) -> dict[str, Any]:
+    """classes.json as a dict with a list of str "classes" (and usually an int "image_size")."""
+    path = processed_dir / "classes.json"
     if not path.is_file():
         raise DataError(
             f"'{path}' not found: the preprocessed dataset is missing. "
             "Run `dvc repro preprocess` (or `python -m crackxai.preprocess`) first."
         )
-    return list(json.loads(path.read_text())["classes"])
+    try:
+        meta = json.loads(path.read_text())
+        classes, size = meta["classes"], meta.get("image_size")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+                and (size is None or isinstance(size, int))):
+            raise ValueError("'classes' is not a list of names or 'image_size' not an integer")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # garbled bytes (UnicodeDecodeError/JSONDecodeError are ValueErrors) or the wrong keys
+        raise _unreadable(path, processed_dir, exc) from None
+    return meta
 
 
 def load_split(name: str, processed_dir: str | Path, mmap: bool = True) -> Split:
@@ -56,7 +71,8 @@ def load_split(name: str, processed_dir: str | Path, mmap: bool = True) -> Split
     if name not in SPLITS:
         raise DataError(f"Unknown split '{name}'. Allowed: {', '.join(SPLITS)}.")
     d = Path(processed_dir)
-    classes = read_classes(d)
+    meta = _read_meta(d)
+    classes = list(meta["classes"])
     files = {k: d / f"{name}_{k}.npy" for k in ("images", "labels", "masks")}
     for key in ("images", "labels"):
         if not files[key].is_file():
@@ -72,7 +88,49 @@ def load_split(name: str, processed_dir: str | Path, mmap: bool = True) -> Split
         records = pd.read_csv(table)
     except (OSError, ValueError) as exc:  # missing, empty or garbled (pandas errors are ValueErrors)
         raise _unreadable(table, d, exc) from None
+    _check_consistent(d, name, images, labels, masks, records, classes, meta.get("image_size"))
     return Split(name, images, labels, masks, records, classes)
+
+
+def _check_consistent(d: Path, name: str, images: np.ndarray, labels: np.ndarray,
+                      masks: np.ndarray | None, records: pd.DataFrame, classes: list[str],
+                      size: int | None) -> None:
+    """Catch what np.load and read_csv accept but is wrong: a flipped .npy header byte can turn
+    (N, S, S, 3) into (N, S, S, 2) or int64 into bytes, and a flipped label byte gives a label
+    outside the classes or another class. Cheap: dtype/shape and O(N) label checks only."""
+    s = size if size is not None else (images.shape[1] if images.ndim == 4 else -1)
+    n = len(labels) if labels.ndim == 1 else -1
+    problem = {}
+    if images.dtype != np.uint8 or images.shape != (n, s, s, 3):
+        problem[f"{name}_images.npy"] = (f"holds {images.dtype} {images.shape}, expected uint8 "
+                                         f"({n}, {s}, {s}, 3) for the {n} labels in {name}_labels.npy and "
+                                         f"image_size {s} in classes.json")
+    if labels.dtype != np.int64 or labels.ndim != 1:
+        problem[f"{name}_labels.npy"] = f"holds {labels.dtype} {labels.shape}, expected int64 (N,)"
+    elif len(labels) and not ((labels >= 0) & (labels < len(classes))).all():
+        problem[f"{name}_labels.npy"] = (f"holds labels outside [0, {len(classes)}) of the "
+                                         f"{len(classes)} classes in classes.json")
+    if masks is not None and (masks.dtype != np.uint8 or masks.shape != (n, s, s)):
+        problem[f"{name}_masks.npy"] = (f"holds {masks.dtype} {masks.shape}, expected uint8 "
+                                        f"({n}, {s}, {s})")
+    missing = [c for c in RECORD_COLUMNS if c not in records.columns]
+    if missing or len(records) != n:
+        problem[f"{name}.csv"] = (f"has {len(records)} rows for the {n} labels in {name}_labels.npy"
+                                  + (f" and lacks column(s) {', '.join(missing)}" if missing else ""))
+    elif records["has_mask"].dtype != bool:
+        problem[f"{name}.csv"] = "has a has_mask column that is not all True/False"
+    elif f"{name}_labels.npy" not in problem and (
+            not np.array_equal(records["label"].to_numpy(), labels)
+            or list(records["class"]) != [classes[k] for k in labels]):
+        problem[f"{name}.csv"] = (f"disagrees with {name}_labels.npy and classes.json on "
+                                  "some rows' label or class")
+    if problem:
+        found = "; ".join(f"'{d / f}' {why}" for f, why in problem.items())
+        raise DataError(
+            f"The processed dataset does not add up: {found}. A file was damaged or comes from "
+            f"another run: rebuild {d} with `dvc repro preprocess` (or `dvc checkout {d}` to "
+            "restore the last good copy from the DVC cache)."
+        )
 
 
 def _load_npy(path: Path, mmap_mode: str | None, processed_dir: Path) -> np.ndarray:
@@ -81,7 +139,7 @@ def _load_npy(path: Path, mmap_mode: str | None, processed_dir: Path) -> np.ndar
     file nor the fix."""
     try:
         return np.load(path, mmap_mode=mmap_mode)
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # a garbled header also leaks tokenize.TokenError, SyntaxError, ...
         raise _unreadable(path, processed_dir, exc) from None
 
 

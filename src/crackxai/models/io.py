@@ -56,7 +56,7 @@ def load_model(path: str | Path) -> keras.Model:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for bad files
         raise CrackxaiError(
-            f"Cannot load model '{path}': {str(exc).splitlines()[0]}. "
+            f"Cannot load model '{path}': {_first_line(exc)}. "
             "Expected a Keras 3 .keras file saved by crackxai.stages.train or keras.Model.save(); "
             f"if it is one, it is corrupt: `dvc checkout {path}` or `dvc repro train`."
         ) from None
@@ -73,12 +73,20 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.output, name=model.name)
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of the message, or the type's name: str(KeyError()) is "" and an empty
+    message made `str(exc).splitlines()[0]` itself raise IndexError."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _is_whole_zip(path: Path) -> bool:
     """Whether `path` is a zip archive whose members all read back (CRCs checked)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.testzip() is None
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError):
+        # RuntimeError: a flipped flag or method field reads as "File is encrypted" or
+        # NotImplementedError("strong encryption (flag bit 6)"), which zipfile raises as such.
         return False
 
 
