@@ -163,8 +163,10 @@ def _processed(root: Path) -> Path:
     write_classes(d, ["Negative", "Positive"], 8)
     np.save(d / "test_images.npy", np.zeros((20, 8, 8, 3), np.uint8))
     np.save(d / "test_labels.npy", np.arange(20, dtype=np.int64) % 2)
-    pd.DataFrame({"index": range(20), "path": "x", "label": 0, "class": "Negative",
-                  "sha256": "0", "has_mask": False}).to_csv(d / "test.csv", index=False)
+    labels = np.arange(20) % 2
+    pd.DataFrame({"index": range(20), "path": "x", "label": labels,
+                  "class": np.array(["Negative", "Positive"])[labels], "sha256": "0",
+                  "has_mask": False}).to_csv(d / "test.csv", index=False)
     return d
 
 

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from crackxai.config.checks import check_values
 from crackxai.config.schema import Config, leaf_types, section_keys
-from crackxai.core.errors import ConfigError
+from crackxai.core.errors import ConfigError, first_line
 
 COMMAND_LINE = "from the command line"
 
@@ -143,7 +143,7 @@ def validate(raw: DictConfig | Mapping[str, Any], source: str = "configuration",
     except OmegaConfBaseException as exc:  # a wrong type, an interpolation that does not resolve
         key = getattr(exc, "full_key", None) or "?"
         raise ConfigError(f"Invalid value for '{key}' ({origin(key)}): "
-                          f"{str(exc).splitlines()[0]}. Check its type against conf/ (the "
+                          f"{first_line(exc)}. Check its type against conf/ (the "
                           "schema is crackxai.config.Config).") from None
     if missing:
         key = missing[0]
@@ -253,7 +253,7 @@ def load_params(path: str | Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # YAML errors come in several types
-        raise ConfigError(f"Cannot parse '{path}': {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"Cannot parse '{path}': {first_line(exc)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"'{path}' is not a mapping of sections (data:, train:, ...). "
                           "Regenerate it with `make params`.")
@@ -286,7 +286,7 @@ def _dotted_overrides(file: str, args: list[str]) -> dict[str, Any]:
                                               resolve=False)
         except Exception as exc:  # YAML errors come in several types
             raise ConfigError(f"Cannot read the value of `{arg}` {COMMAND_LINE}: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{first_line(exc)}") from None
     return out
 
 

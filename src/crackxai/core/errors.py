@@ -11,3 +11,9 @@ class ConfigError(CrackxaiError):
 
 class DataError(CrackxaiError):
     """Missing, unreadable or unusable data."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message for a one-paragraph error, or its type's name:
+    str(KeyError()) is "" (and `str(exc).splitlines()[0]` would itself raise IndexError)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crackxai.core.errors import DataError
+from crackxai.core.errors import DataError, first_line
 from crackxai.core.io import atomic_path
 
 MANIFEST_COLUMNS = ("path", "class", "bytes", "sha256", "source", "mask")
@@ -40,7 +40,7 @@ def read_manifest(manifest: Path, raw_dir: Path, classes: list[str]) -> pd.DataF
     try:
         df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"Cannot parse '{manifest}': {str(exc).splitlines()[0]}. "
+        raise DataError(f"Cannot parse '{manifest}': {first_line(exc)}. "
                         f"{RERUN_DOWNLOAD}.") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:

@@ -10,7 +10,7 @@ from typing import Any
 
 import keras
 
-from crackxai.core.errors import CrackxaiError
+from crackxai.core.errors import CrackxaiError, first_line
 from crackxai.core.io import atomic_path
 from crackxai.models import legacy  # registers the custom layers older saved models use
 
@@ -56,7 +56,7 @@ def load_model(path: str | Path) -> keras.Model:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for bad files
         raise CrackxaiError(
-            f"Cannot load model '{path}': {_first_line(exc)}. "
+            f"Cannot load model '{path}': {first_line(exc)}. "
             "Expected a Keras 3 .keras file saved by crackxai.stages.train or keras.Model.save(); "
             f"if it is one, it is corrupt: `dvc checkout {path}` or `dvc repro train`."
         ) from None
@@ -71,12 +71,6 @@ def inference_model(model: keras.Model) -> keras.Model:
     """An uncompiled model sharing the trained layers: saved, it holds the weights only once,
     without the optimizer state (a third of the size with Adam's)."""
     return keras.Model(model.input, model.output, name=model.name)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of the message, or the type's name: str(KeyError()) is "" and an empty
-    message made `str(exc).splitlines()[0]` itself raise IndexError."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _is_whole_zip(path: Path) -> bool:

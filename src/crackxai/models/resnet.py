@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from crackxai.core.errors import CrackxaiError
+from crackxai.core.errors import CrackxaiError, first_line
 
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_NOTOP_URL = (
@@ -113,7 +113,7 @@ def build_model(
         if resolved is None:
             raise
         raise CrackxaiError(
-            f"model.weights={weights}: cannot load ResNet50 weights ({str(exc).splitlines()[0]}). "
+            f"model.weights={weights}: cannot load ResNet50 weights ({first_line(exc)}). "
             "Give a Keras ResNet50 include_top=False weights file (e.g. "
             f"{RESNET50_NOTOP_FILE} or one written by `.save_weights()`), or use "
             "model.weights=null."
