@@ -5,6 +5,7 @@ from crackxai.config.load import (
     compose,
     default_config,
     did_you_mean,
+    explainer_settings,
     find_conf_dir,
     flatten,
     load_config,
@@ -15,6 +16,6 @@ from crackxai.config.load import (
 from crackxai.config.schema import *  # noqa: F403 - the dataclasses and allowed values
 
 __all__ = [  # noqa: F405 - plus the schema's names
-    "check_methods", "check_values", "compose", "default_config", "did_you_mean", "find_conf_dir",
-    "flatten", "load_config", "load_params", "parse_blur_kernel", "to_dict", "validate",
+    "check_methods", "check_values", "compose", "default_config", "did_you_mean",
+    "explainer_settings", "find_conf_dir", "flatten", "load_config", "load_params", "parse_blur_kernel", "to_dict", "validate",
 ]

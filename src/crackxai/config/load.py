@@ -330,6 +330,14 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
+def explainer_settings(cfg: Config, method: str) -> dict[str, Any]:
+    """The keyword arguments for crackxai.xai.registry.create(method, ...) besides the model,
+    predictor and layer: the seed, explain.cam_min_size and the explain.<method> section (if
+    the method has one), so the explain stage and explain_image build a method alike."""
+    return {"seed": cfg.seed, "cam_min_size": cfg.explain.cam_min_size,
+            **to_dict(cfg)["explain"].get(method, {})}
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3} (MLflow params use dotted keys)."""
     out: dict[str, Any] = {}

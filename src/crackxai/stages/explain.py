@@ -30,7 +30,7 @@ import mlflow
 import numpy as np
 from omegaconf import OmegaConf
 
-from crackxai.config import Config, to_dict
+from crackxai.config import Config, explainer_settings, to_dict
 from crackxai.config.entry import run_stage
 from crackxai.core.entry import log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
@@ -42,7 +42,6 @@ from crackxai.models.predictor import Predictor
 from crackxai.tracking.runs import config_params, read_run_file, redact, resume_model_run
 from crackxai.xai import metrics as EM
 from crackxai.xai import registry, render, scoring
-from crackxai.xai.base import Explainer
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.report import report_html
 from crackxai.xai.selection import explicit_images, select
@@ -70,14 +69,6 @@ def check_inputs(cfg: Config, model: keras.Model, image_size: int,
         except CrackxaiError as err:
             raise ConfigError(f"{err} (model file: {MODEL_FILE})") from None
     return None
-
-
-def build(cfg: Config, method: str, model: keras.Model, predictor: Predictor,
-          layer: str | None) -> Explainer:
-    """The Explainer for `method`, from its explain.<method> section (if it has one)."""
-    section = to_dict(cfg)["explain"].get(method, {})
-    return registry.create(method, model=model, predictor=predictor, seed=cfg.seed, layer=layer,
-                           cam_min_size=cfg.explain.cam_min_size, **section)
 
 
 def log_to_mlflow(metrics: dict[str, Any], out: Path) -> None:
@@ -131,8 +122,11 @@ def main(cfg: Config) -> dict[str, Any]:
         for method in e.methods:
             log(STAGE, f"{method}: explaining {len(sel.rows)} images")
             with scoring.distinct_warnings() as warned:
-                explainer = build(cfg, method, model, predictor, layer)
-                sanity = (build(cfg, method, random_model, random_predictor, layer)
+                settings = explainer_settings(cfg, method)
+                explainer = registry.create(method, model=model, predictor=predictor, layer=layer,
+                                            **settings)
+                sanity = (registry.create(method, model=random_model, predictor=random_predictor,
+                                          layer=layer, **settings)
                           if random_model is not None else None)
                 maps_by_method[method], method_records = scoring.explain_selection(
                     explainer, sel, predictor, quality, out, sanity)

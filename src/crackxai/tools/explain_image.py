@@ -41,7 +41,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from crackxai.config import Config, check_methods, load_config, to_dict
+from crackxai.config import Config, check_methods, explainer_settings, load_config
 from crackxai.core.entry import command, log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import atomic_dir
@@ -51,7 +51,6 @@ from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.models.resnet import imagenet_cache_path, imagenet_reachable
 from crackxai.xai import registry, render
-from crackxai.xai.base import Explainer
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.lime import LimeExplainer
 from crackxai.xai.shap import ShapExplainer
@@ -264,15 +263,6 @@ def config(overrides: list[str]) -> Config:
     return load_config(overrides)
 
 
-def build(cfg: Config, method: str, model: keras.Model, predictor: Predictor,
-          layer: str | None) -> Explainer:
-    """The Explainer for `method`, from its explain.<method> section (if it has one), as the
-    explain stage builds it."""
-    section = to_dict(cfg)["explain"].get(method, {})
-    return registry.create(method, model=model, predictor=predictor, seed=cfg.seed, layer=layer,
-                           cam_min_size=cfg.explain.cam_min_size, **section)
-
-
 def explain_image(args: argparse.Namespace) -> Path:
     cfg = config(args.overrides)
     methods = parse_methods(args.methods, cfg.explain.methods)
@@ -305,7 +295,8 @@ def explain_image(args: argparse.Namespace) -> Path:
     with atomic_dir(out) as tmp:
         for method in methods:
             start = time.perf_counter()
-            explainer = build(cfg, method, model, predictor, layer)
+            explainer = registry.create(method, model=model, predictor=predictor, layer=layer,
+                                        **explainer_settings(cfg, method))
             if isinstance(explainer, LimeExplainer):  # the explanation too, for LIME's picture
                 lime = explainer.explanation(image, target)
                 maps[method] = explainer.map_of(lime, target)
