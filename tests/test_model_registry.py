@@ -27,7 +27,7 @@ from crackxai.models.resnet import IMAGENET_BGR_MEAN, build_model, caffe_preproc
 from crackxai.models.training import make_dataset
 from crackxai.stages.train import main
 from crackxai.tools import compare
-from crackxai.tracking.registry import CHAMPION_ALIAS, log_model
+from crackxai.tracking.registry import CHAMPION_ALIAS, log_model, model_file
 from tests.test_train import (  # noqa: F401 - _reset_tf_globals: autouse, undoes main()'s globals
     ENV_LEAKS,
     SIZE,
@@ -234,6 +234,16 @@ def test_model_is_not_stored_twice(store, run_id):
     assert logged.source_run_id == run_id and logged.name == "model"
     assert "model.keras" in [Path(a.path).name for a in
                              client.list_logged_model_artifacts(logged.model_id, "data")]
+
+
+def test_model_file_resolves_paths_run_and_registry_uris(store, run_id, images, expected):
+    assert model_file("models/model.keras") == "models/model.keras"
+    for uri in (f"runs:/{run_id}/model", f"models:/{NAME}/1"):
+        model = load_model(model_file(uri, tracking_uri=store))
+        np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-5,
+                                   atol=1e-6)
+    with pytest.raises(CrackxaiError, match="Cannot fetch the model 'models:/nope@champion'"):
+        model_file("models:/nope@champion", tracking_uri=store)
 
 
 def test_registered_version_carries_provenance_tags(trained, store, run_id):

@@ -146,3 +146,35 @@ def promote_best(client: Any, runs: list[Any], metric: str, name: str,
     version = versions[best.info.run_id]
     client.set_registered_model_alias(name, alias, version.version)
     return best, version
+
+
+MODEL_URI_SCHEMES = ("runs:/", "models:/")
+KERAS_FILE_IN_MODEL = "data/model.keras"  # where mlflow.keras.save_model puts the .keras file
+
+
+def is_model_uri(spec: str | os.PathLike[str]) -> bool:
+    return str(spec).startswith(MODEL_URI_SCHEMES)
+
+
+def model_file(spec: str | os.PathLike[str], tracking_uri: str | None = None) -> str:
+    """A local .keras file for `spec`: a path (returned as is) or an MLflow model URI
+    (`runs:/<run_id>/model`, `models:/<name>/<version>`, `models:/<name>@<alias>`), whose .keras
+    file is downloaded from the store at `tracking_uri` (default: MLflow's current one)."""
+    if not is_model_uri(spec):
+        return str(spec)
+    import mlflow
+
+    uri = str(spec).rstrip("/")
+    store = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{KERAS_FILE_IN_MODEL}",
+                                                   tracking_uri=store)
+    except Exception as exc:  # MlflowException, or an OSError from the artifact store
+        reason = " ".join(str(exc).split())[:300]
+        raise CrackxaiError(
+            f"Cannot fetch the model '{uri}' from the MLflow store '{redact(store)}' ({reason}). "
+            "Check the run id or the registered name and version/alias (`mlflow models` or the "
+            "MLflow UI's Models page), that the store is the one the model was logged to "
+            "(MLFLOW_TRACKING_URI or tracking.uri), and that the run logged an MLflow model "
+            "(crackxai's train stage logs it as runs:/<run_id>/model)."
+        ) from None
