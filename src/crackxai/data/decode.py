@@ -21,26 +21,36 @@ def decode_image(data: bytes, size: int,
     """Bytes of one file -> (RGB uint8 (size, size, 3), "", note, source (h, w)) or
     (None, reason, detail, (0, 0)). `note` names a conversion ("grayscale", "16-bit") or is "".
     """
+    img, reason, detail = decode_rgb(data, min_source_size)
+    if img is None:
+        return None, reason, detail, (0, 0)
+    return (cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), "", detail,
+            (img.shape[0], img.shape[1]))
+
+
+def decode_rgb(data: bytes, min_source_size: int = 1) -> tuple[np.ndarray | None, str, str]:
+    """Bytes of one file -> (RGB uint8 (h, w, 3) at the source resolution, "", note) or
+    (None, reason, detail): decode_image without the resize, for whole photos."""
     if not data:
-        return None, "empty", "zero bytes", (0, 0)
+        return None, "empty", "zero bytes"
     # A JPEG without its end-of-image marker was cut short; some decoders return a partial image.
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        return None, "truncated", "JPEG without its end-of-image marker (FFD9)", (0, 0)
+        return None, "truncated", "JPEG without its end-of-image marker (FFD9)"
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS)
     except cv2.error as exc:
-        return None, "not_an_image", f"OpenCV cannot decode it: {str(exc).strip()[:120]}", (0, 0)
+        return None, "not_an_image", f"OpenCV cannot decode it: {str(exc).strip()[:120]}"
     if img is None:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and not data.rstrip(b"\x00\r\n ").endswith(PNG_END):
-            return None, "truncated", "PNG without its end chunk (IEND)", (0, 0)
+            return None, "truncated", "PNG without its end chunk (IEND)"
         # A whole PNG that fails is damaged inside (a chunk CRC or the zlib stream), not cut short.
-        return None, "not_an_image", "OpenCV cannot decode it", (0, 0)
+        return None, "not_an_image", "OpenCV cannot decode it"
     h, w = img.shape[:2]
     if h < min_source_size or w < min_source_size:
-        return None, "too_small", f"{w}x{h} < preprocess.min_source_size={min_source_size}", (0, 0)
+        return None, "too_small", f"{w}x{h} < preprocess.min_source_size={min_source_size}"
     channels = 1 if img.ndim == 2 else img.shape[2]
     if img.dtype not in (np.uint8, np.uint16) or channels not in (1, 3):
-        return None, "unsupported_format", f"{channels} channel(s) of {img.dtype}", (0, 0)
+        return None, "unsupported_format", f"{channels} channel(s) of {img.dtype}"
     note = ""
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
@@ -50,7 +60,7 @@ def decode_image(data: bytes, size: int,
         note = note or "grayscale"
     else:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), "", note, (h, w)
+    return img, "", note
 
 
 def decode_mask(data: bytes, shape: tuple[int, int], size: int) -> tuple[np.ndarray | None, str]:

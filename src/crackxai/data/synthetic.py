@@ -329,3 +329,112 @@ def fetch(out: Path, scratch: Path, opts: SourceOptions) -> list[Row]:
     samples = write_dataset(out, n, opts.image_size, opts.difficulty, opts.seed)
     return [{"path": s.path, "class": s.label, "bytes": s.size, "sha256": s.sha256,
              "source": "synthetic", "mask": s.mask} for s in samples]
+
+
+# ---------------------------------------------------------------------------------------------
+# Large surfaces: a whole "inspection photo" whose 227 px tiles look like the training patches
+# ---------------------------------------------------------------------------------------------
+# The patch functions above tie every scale to the image side (s = size / REF_SIZE), so a 1024 px
+# image from them would be a blown-up patch (4.5x coarser grain, 4.5x wider cracks). A surface
+# keeps the patch scale instead: pixel-sized features (grain, pores, crack width) as at 227 px,
+# and counts of texture features (noise cells, pores) per REF_SIZE x REF_SIZE area.
+
+SURFACE_STREAM = 2  # rng stream [seed, SURFACE_STREAM]: apart from the patch streams (label 0, 1)
+
+
+def _smooth_noise_hw(rng: np.random.Generator, height: int, width: int,
+                     cells_per_ref: float, ref: float) -> np.ndarray:
+    """`_smooth_noise` on a rectangle, with features ref/cells_per_ref pixels wide."""
+    cy = max(1, round(cells_per_ref * height / ref))
+    cx = max(1, round(cells_per_ref * width / ref))
+    grid = _uniform_noise(rng, (cy + 1, cx + 1)) * np.float32(1.2)
+    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _surface_background(rng: np.random.Generator, height: int, width: int,
+                        difficulty: float) -> np.ndarray:
+    """`_background`'s recipe at patch scale on a height x width surface: (3, H, W) float32."""
+    noise_gain = _lerp(0.75, 1.5, difficulty)
+    patches = height * width / REF_SIZE**2  # how many training patches the surface holds
+    # Low frequencies at 1/4 size, as in _low_frequency (a patch is REF_SIZE / 4 cells there).
+    lh, lw, lref = max(8, height // 4), max(8, width // 4), REF_SIZE / 4
+    low = np.full((lh, lw), rng.uniform(130, 205), np.float32)
+    for cells, lo, hi in ((3, 2, 9), (7, 1.5, 6), (16, 1, 4)):
+        low += np.float32(rng.uniform(lo, hi)) * _smooth_noise_hw(rng, lh, lw, cells, lref)
+    for _ in range(rng.poisson(0.6 * patches)):  # stains, each about a patch across
+        blob = _smooth_noise_hw(rng, lh, lw, rng.uniform(2, 6), lref)
+        low += np.float32(rng.uniform(-30, 15)) * np.clip(
+            (blob - np.float32(rng.uniform(0.2, 1.0))) * 2, 0, 1) / np.float32(
+            max(1.0, patches**0.5))  # overlapping stains would add up: keep the patch's range
+    yy, xx = np.mgrid[0:lh, 0:lw].astype(np.float32)
+    yy, xx = yy / max(lh, lw) - 0.5, xx / max(lh, lw) - 0.5
+    a = rng.uniform(0, 2 * np.pi)  # illumination gradient over the whole photo
+    low += np.float32(rng.uniform(5, 60)) * (np.float32(np.cos(a)) * xx + np.float32(np.sin(a)) * yy)
+    gray = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC)
+
+    grain = cv2.GaussianBlur(_uniform_noise(rng, (height, width)), (0, 0), 0.8)
+    grain *= np.float32(2 * np.sqrt(np.pi) * 0.8)  # unit std again, as in _fine_noise
+    gray += np.float32(noise_gain * rng.uniform(2.5, 6.5)) * grain
+    gray += np.float32(rng.uniform(5, 20)) * (grain > 2.3) - np.float32(rng.uniform(5, 20)) * (grain < -2.4)
+    gray += np.float32(rng.uniform(1, 4)) * _smooth_noise_hw(rng, height, width, 42, REF_SIZE)
+
+    n = int(rng.integers(3, 40) * noise_gain * patches)  # pores per patch, as in _background
+    centres = (rng.uniform(0, 1, (n, 2)) * [width, height] * 4).astype(int)
+    axes = np.maximum(1, rng.uniform(0.5, 2.4, (n, 2)) * 4).astype(int)
+    angles, depths = rng.uniform(0, 180, n), rng.uniform(25, 80, n).astype(int)
+    pits = np.zeros((height, width), np.uint8)
+    for c, ax, ang, dep in zip(centres.tolist(), axes.tolist(), angles.tolist(), depths.tolist(), strict=True):
+        cv2.ellipse(pits, c, ax, ang, 0, 360, dep, -1, cv2.LINE_AA, shift=2)
+    gray -= pits
+    gray = cv2.GaussianBlur(gray, (0, 0), rng.uniform(0.3, 0.7))
+    t = rng.uniform(-0.4, 1.2)
+    tint = np.array([1 + 0.05 * t, 1 + 0.015 * t, 1 - 0.06 * t], np.float32)  # RGB
+    return gray[None] * tint[:, None, None]
+
+
+def _surface_crack_mask(rng: np.random.Generator, height: int, width: int, cracks: int,
+                        difficulty: float) -> np.ndarray:
+    """0/255 mask of `cracks` branching cracks drawn as `_crack_mask` draws them at 227 px
+    (same width, step and jaggedness), each about 0.5-0.8 of the shorter side long."""
+    mask = np.zeros((height, width), np.uint8)
+    core = np.zeros((height, width), np.uint8)
+    for _ in range(cracks):
+        w0 = _lerp(7.5, 1.2, difficulty) * rng.uniform(0.65, 1.35)
+        length = min(height, width) * rng.uniform(0.5, 0.8)
+        centre = rng.uniform(0.3, 0.7, 2) * [width, height]
+        heading, split = rng.uniform(0, np.pi), rng.uniform(0.3, 0.7)
+        halves = []
+        for turn, frac in ((0.0, split), (np.pi, 1 - split)):
+            pts = _polyline(rng, centre, heading + turn, length * frac, 3.0)
+            halves.append((pts, _widths(rng, len(pts), w0)))
+            _draw(mask, core, *halves[-1])
+        for _ in range(rng.poisson(1.2)):
+            pts, widths = halves[int(rng.integers(2))]
+            i = int(rng.integers(len(pts) // 5, max(len(pts) // 5 + 1, 4 * len(pts) // 5)))
+            d = pts[min(i + 1, len(pts) - 1)] - pts[max(i - 1, 0)]
+            ang = np.arctan2(d[1], d[0]) + rng.choice([-1, 1]) * rng.uniform(0.4, 1.1)
+            sub = _polyline(rng, pts[i], ang, REF_SIZE * rng.uniform(0.15, 0.45), 3.0)
+            _draw(mask, core, sub, _widths(rng, len(sub), widths[i] * rng.uniform(0.4, 0.75)))
+    # Rough edges as in _crack_mask, at s = 1.
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), 0.8)
+    grain = cv2.GaussianBlur(_uniform_noise(rng, soft.shape), (0, 0), 1.0)
+    rough = (soft + np.float32(0.25 * 2 * np.sqrt(np.pi)) * grain > 0.5) & (soft > 0.1)
+    return np.where(rough | (core > 0), 255, 0).astype(np.uint8)
+
+
+def render_surface(width: int, height: int, seed: int = 0, cracks: int = 1,
+                   difficulty: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A large concrete surface with `cracks` cracks at the training patches' scale: RGB uint8
+    (height, width, 3) and its 0/255 crack mask (height, width), deterministic for the seed.
+
+    A 227 px crop of it looks like a training patch (same grain, pores and crack width), so
+    tiling it at 227 px and classifying the tiles is what the model was trained for."""
+    if width < 1 or height < 1 or cracks < 0:
+        raise ValueError(f"render_surface: {width}x{height} with {cracks} crack(s)")
+    rng = np.random.default_rng([seed, SURFACE_STREAM])
+    planes = _surface_background(rng, height, width, difficulty)
+    mask = _surface_crack_mask(rng, height, width, cracks, difficulty)
+    if cracks:
+        planes = _add_crack(rng, planes, mask, difficulty)
+    planes += np.float32(rng.uniform(0.6, 2.0)) * _uniform_noise(rng, (height, width)) + np.float32(0.5)
+    return cv2.merge(list(np.clip(planes, 0, 255).astype(np.uint8))), mask

@@ -1,0 +1,438 @@
+"""Inspect whole photos: tile them at the training patch scale, classify every tile, map the cracks.
+
+    crackxai inspect --model models/model.keras PATH... [--out reports/inspect] [--tile 227]
+        [--stride S] [--threshold 0.5] [--explain gradcam] [--layer NAME] [--batch-size N]
+        [--uri URI] [--quiet]
+
+--model is a saved .keras classifier or an MLflow model URI (runs:/<run_id>/model,
+models:/<name>/<version>, models:/<name>@champion) fetched from the tracking store --uri (default
+MLFLOW_TRACKING_URI, else the project's mlflow.db). PATHs are photo files or folders (searched
+recursively, hidden files skipped), of any size and aspect ratio, decoded as the preprocess stage
+decodes its images (OpenCV, EXIF orientation, grayscale and 16-bit converted) but not resized.
+
+Each photo is cut into --tile x --tile squares (source pixels; default 227, the data set's patch)
+every --stride pixels (default: the tile, no overlap), the last row and column flush with the
+edge; a photo smaller than one tile is padded by mirroring, never stretched (with a warning).
+Every tile is area-resized to the model input and classified through one shared Predictor, in
+full batches that run across photos. The crack-probability map is the tiles' probabilities
+stitched over the photo (the mean where tiles overlap); the flagged regions are its connected
+areas at or above --threshold, as boxes in photo pixels. With --explain gradcam (or another
+gradient CAM of crackxai.xai.registry) the flagged tiles are explained in batches; each tile's
+map (in [0, 1]) is weighted by the tile's probability, resized to its footprint and stitched by
+the *maximum*: a crack seen clearly by one tile is not washed out by an overlapping tile whose
+map points elsewhere. The CAM layer is --layer, else explain.layer / explain.cam_min_size of
+conf/ as for explain_image.
+
+Writes into --out (default reports/inspect/), each file atomically:
+
+    <photo>.png     the photo tinted by the probability map (or the Grad-CAM heat map), flagged
+                    regions boxed; at most 1600 px a side
+    <photo>.json    size, tiling, every tile's box and probability, the flagged regions
+    summary.csv     one row per photo, sorted by crack score (the largest tile probability);
+                    unreadable files as rows with status "error" and the reason
+    index.html      the same as a page with the overlays
+
+<photo> is the photo's path inside its folder without the suffix, "/" written as "__".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from crackxai.core.entry import command, log
+from crackxai.core.errors import CrackxaiError, DataError
+from crackxai.core.io import atomic_path, write_json, write_text
+from crackxai.core.paths import REPORTS_DIR, project_root
+from crackxai.data import tiles
+from crackxai.data.decode import decode_rgb
+from crackxai.evaluation import inspection
+from crackxai.evaluation.inspection_report import overlay, summary_html
+from crackxai.evaluation.scores import positive_index
+
+STAGE = "inspect"
+DEFAULT_OUT = REPORTS_DIR / "inspect"
+DEFAULT_THRESHOLD = 0.5
+SUMMARY_COLUMNS = ["photo", "status", "crack_score", "flagged_tiles", "tiles", "regions",
+                   "width", "height", "padded", "overlay", "json", "error"]
+logger = logging.getLogger(f"crackxai.{STAGE}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="crackxai inspect",
+        description="Inspect whole photos of any size: tile them at the training patch scale, "
+                    "classify every tile, stitch a crack-probability map, box the flagged "
+                    "regions. Writes an overlay and a JSON per photo, summary.csv and index.html.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photo files or folders")
+    p.add_argument("--model", required=True,
+                   help="a saved .keras model, or runs:/<run_id>/model, models:/<name>/<version>, "
+                        "models:/<name>@<alias>")
+    p.add_argument("--uri", default=None,
+                   help="MLflow tracking store for a model URI (default MLFLOW_TRACKING_URI, else "
+                        "sqlite:///mlflow.db in the project)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder (default {DEFAULT_OUT}/)")
+    p.add_argument("--tile", type=int, default=tiles.PATCH_SIZE,
+                   help=f"tile side in source pixels (default {tiles.PATCH_SIZE}, the data set's "
+                        "patch: the scale the model was trained at)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="pixels between tiles (default: the tile, no overlap; e.g. half the tile "
+                        "for a finer map at 4x the tiles)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"crack probability from which a tile / map pixel is flagged (default "
+                        f"{DEFAULT_THRESHOLD})")
+    p.add_argument("--explain", default=None, metavar="METHOD",
+                   help="stitch a pixel-level heat map of the flagged tiles with this gradient CAM "
+                        "(gradcam or gradcam_pp)")
+    p.add_argument("--layer", default=None,
+                   help="feature-map layer for --explain (default: explain.layer, else the last "
+                        "one at least explain.cam_min_size pixels a side)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per model call (default: evaluate.batch_size of conf/)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no per-photo lines (warnings and errors still show)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: photo files, the model
+# ---------------------------------------------------------------------------------------------
+
+
+def list_photos(paths: list[Path], exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """(name, file) of every photo: a file as given (name: its file name), a folder's
+    non-hidden files recursively (name: the path inside the folder), skipping `exclude` (the
+    output folder, should it lie inside)."""
+    skip = exclude.resolve() if exclude is not None else None
+    found: list[tuple[str, Path]] = []
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"'{path}' does not exist. Give photo files or folders of photos.")
+        if path.is_file():
+            found.append((path.name, path))
+            continue
+        for f in sorted(path.rglob("*")):
+            rel = f.relative_to(path)
+            if (f.is_file() and not any(part.startswith(".") for part in rel.parts)
+                    and not (skip is not None and f.resolve().is_relative_to(skip))):
+                found.append((rel.as_posix(), f))
+    if not found:
+        raise DataError(f"No files in {', '.join(map(str, paths))}. Give photo files or folders "
+                        "that hold photos.")
+    return found
+
+
+def output_stems(names: list[str]) -> list[str]:
+    """One file stem per photo name: the path without its suffix, "/" as "__", and "-2", "-3"
+    ... where two photos would share one (a.jpg and a.png)."""
+    stems: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        base = Path(name).with_suffix("").as_posix().replace("/", "__")
+        stem, k = base, 1
+        while stem in seen:
+            k += 1
+            stem = f"{base}-{k}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def load_inspection_model(spec: str, uri: str | None) -> tuple[Any, str, list[str]]:
+    """(model, local file, class names) for a path or MLflow model URI; one-paragraph errors
+    for a missing file, an unreachable model URI or a model that does not take RGB images."""
+    from crackxai.models.io import load_model
+    from crackxai.tools.explain_image import class_names_for
+    from crackxai.tracking.registry import model_file
+    from crackxai.tracking.runs import resolve_tracking_uri
+
+    path = model_file(spec, resolve_tracking_uri(uri, project_root()))
+    model = load_model(path)
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3 or shape[-1] != 3 or None in shape[:2]:
+        raise CrackxaiError(f"--model '{spec}' takes inputs of shape {shape}; inspect needs a "
+                            "classifier of fixed-size RGB images (H, W, 3), as the train stage "
+                            "saves it.")
+    names, _ = class_names_for(Path(path), int(model.output_shape[-1]))
+    return model, str(path), names
+
+
+def gradient_cam(name: str) -> str:
+    """`name` checked to be a gradient CAM of the registry (batched, one backward pass)."""
+    from crackxai.xai import registry
+
+    cls = registry.get(name)
+    if not (cls.is_cam and cls.uses_gradients):
+        allowed = registry.names_where(is_cam=True, uses_gradients=True)
+        raise CrackxaiError(f"--explain {name}: inspect explains every flagged tile, so it takes "
+                            f"a gradient CAM ({', '.join(allowed)}); {name} needs many model "
+                            "calls per tile. Use explain_image on a crop for the others.")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# One photo after another: decode, tile, predict (batches across photos), stitch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Photo:
+    """One inspected photo; `error` set (and the rest empty) when it could not be read."""
+
+    name: str
+    path: Path
+    error: str = ""
+    image: np.ndarray | None = None  # RGB uint8 (H, W, 3), source resolution
+    tiling: tiles.Tiling | None = None
+    tiles: np.ndarray | None = None  # (N, h, w, 3) uint8 at the model input, kept for --explain
+    probabilities: np.ndarray | None = None  # (N,) crack probability per tile
+    probability_map: np.ndarray | None = None  # (H, W) float32
+    heat: np.ndarray | None = None  # (H, W) float32 stitched CAM map, with --explain
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    out_of_distribution: np.ndarray | None = None  # (N,) bool per tile; see out_of_distribution
+
+    @property
+    def score(self) -> float:
+        return inspection.crack_score(self.probabilities if self.probabilities is not None
+                                      else np.zeros(0))
+
+
+def read_photo(name: str, path: Path) -> Photo:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Photo(name, path, error=f"unreadable: {exc.strerror or type(exc).__name__}")
+    image, reason, detail = decode_rgb(data)
+    if image is None:
+        return Photo(name, path, error=f"{reason}: {detail}")
+    return Photo(name, path, image=image)
+
+
+def tiled(files: list[tuple[str, Path]], tile: int, stride: int,
+          size: tuple[int, int]) -> Iterator[tuple[Photo, np.ndarray]]:
+    """(photo, its tiles at the model input) for each file; no tiles for an unreadable one."""
+    empty = np.zeros((0, *size, 3), np.uint8)
+    for name, path in files:
+        photo = read_photo(name, path)
+        if photo.image is None:
+            yield photo, empty
+            continue
+        h, w = photo.image.shape[:2]
+        photo.tiling = tiles.plan(h, w, tile, stride)
+        if photo.tiling.padded:
+            logger.warning(f"{name} is {w}x{h}, smaller than one {tile}x{tile} tile: padded "
+                           f"(mirrored) to {photo.tiling.padded_width}x"
+                           f"{photo.tiling.padded_height}, not stretched; a crack near its "
+                           "border is seen twice in the padding, so read its score with care.")
+        photo.tiles = tiles.cut(tiles.pad(photo.image, photo.tiling), photo.tiling, size)
+        yield photo, photo.tiles
+
+
+def out_of_distribution(model_path: str, tile_images: np.ndarray) -> np.ndarray | None:
+    """OOD PLUG-IN POINT. Per-tile out-of-distribution flags from the detector saved beside the
+    model (crackxai.models.ood, being built on the `ood` branch); None until it lands. Where it
+    returns flags, `inspect_photos` reports those tiles as out of distribution and scores only
+    the others."""
+    del model_path, tile_images
+    return None
+
+
+def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int, tile: int,
+                   stride: int, threshold: float, explainer: Any = None,
+                   model_path: str = "") -> Iterator[Photo]:
+    """Each file inspected, in order: tiles classified in full batches across photos (the
+    predictor's batch size), the probability map stitched, regions found; with `explainer` (a
+    gradient CAM) the flagged tiles' maps stitched into `heat`."""
+    from crackxai.models.batching import predict_groups
+
+    size = tuple(int(s) for s in predictor.model.input_shape[1:3])
+    for photo, probs in predict_groups(predictor, tiled(files, tile, stride, size),
+                                       predictor.batch_size):
+        if photo.error:
+            yield photo
+            continue
+        p = probs[:, positive].astype(np.float32)
+        ood = out_of_distribution(model_path, photo.tiles)
+        if ood is not None:  # OOD tiles carry no crack evidence either way
+            photo.out_of_distribution = ood
+            p = np.where(ood, 0.0, p).astype(np.float32)
+        photo.probabilities = p
+        photo.probability_map = tiles.stitch(photo.tiling, p, "mean")
+        photo.regions = inspection.flagged_regions(photo.probability_map, threshold)
+        if explainer is not None:
+            photo.heat = explain_flagged(photo, explainer, positive, threshold,
+                                         predictor.batch_size)
+        if explainer is None:
+            photo.tiles = None  # no longer needed: keep memory flat over a folder
+        yield photo
+
+
+def explain_flagged(photo: Photo, explainer: Any, positive: int, threshold: float,
+                    batch_size: int) -> np.ndarray:
+    """The flagged tiles' CAMs, each weighted by its tile's probability, stitched by max."""
+    p = photo.probabilities
+    flagged = np.flatnonzero(p >= threshold)
+    maps = np.zeros((len(p), *photo.tiles.shape[1:3]), np.float32)
+    for start in range(0, len(flagged), batch_size):
+        idx = flagged[start:start + batch_size]
+        maps[idx] = explainer.explain(photo.tiles[idx], [positive] * len(idx)) * p[idx, None, None]
+    photo.tiles = None
+    return tiles.stitch(photo.tiling, maps, "max")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def photo_record(photo: Photo, stem: str, threshold: float, explain: str | None,
+                 model: str) -> dict[str, Any]:
+    """The per-photo JSON."""
+    t = photo.tiling
+    ood = photo.out_of_distribution
+    return {
+        "photo": photo.name, "file": str(photo.path), "model": model,
+        "width": t.width, "height": t.height, "padded": t.padded,
+        "tile": t.tile, "stride": t.stride, "grid": list(t.grid), "threshold": threshold,
+        "crack_score": round(photo.score, 4),
+        "flagged_tiles": int(np.count_nonzero(photo.probabilities >= threshold)),
+        "tiles": [{"box": box, "p": round(float(q), 4)}
+                  for box, q in zip(t.boxes().tolist(), photo.probabilities, strict=True)],
+        "regions": photo.regions, "explain": explain, "overlay": f"{stem}.png",
+        "out_of_distribution_tiles": None if ood is None else int(np.count_nonzero(ood)),
+    }
+
+
+def summary_row(photo: Photo, stem: str, threshold: float) -> dict[str, Any]:
+    if photo.error:
+        return {**dict.fromkeys(SUMMARY_COLUMNS, ""), "photo": photo.name, "status": "error",
+                "error": photo.error}
+    t = photo.tiling
+    return {"photo": photo.name, "status": "ok", "crack_score": round(photo.score, 4),
+            "flagged_tiles": int(np.count_nonzero(photo.probabilities >= threshold)),
+            "tiles": len(t), "regions": len(photo.regions), "width": t.width, "height": t.height,
+            "padded": t.padded, "overlay": f"{stem}.png", "json": f"{stem}.json", "error": ""}
+
+
+def write_photo(out: Path, photo: Photo, stem: str, record: dict[str, Any]) -> None:
+    from crackxai.xai.render import save_png
+
+    heat = photo.heat if photo.heat is not None else photo.probability_map
+    save_png(out / f"{stem}.png", overlay(photo.image, heat, photo.regions))
+    write_json(out / f"{stem}.json", record)
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Highest crack score first, unreadable photos last, ties by name."""
+    return sorted(rows, key=lambda r: (r["status"] != "ok",
+                                       -(r["crack_score"] if r["status"] == "ok" else 0.0),
+                                       r["photo"]))
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], **page: Any) -> None:
+    with atomic_path(out / "summary.csv") as tmp:
+        pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(tmp, index=False)
+    write_text(out / "index.html", summary_html(rows, **page))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def check_options(tile: int, stride: int | None, threshold: float,
+                  batch_size: int | None) -> None:
+    if tile < 1:
+        raise CrackxaiError(f"--tile {tile} must be a positive number of pixels.")
+    if stride is not None and not 1 <= stride <= tile:
+        raise CrackxaiError(f"--stride {stride} must be between 1 and --tile {tile} (a larger "
+                            "stride would leave pixels between the tiles unseen).")
+    if not 0.0 <= threshold <= 1.0:
+        raise CrackxaiError(f"--threshold {threshold} is outside [0, 1].")
+    if batch_size is not None and batch_size < 1:
+        raise CrackxaiError(f"--batch-size {batch_size} must be a positive integer.")
+
+
+def inspect(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the inspection of `args` (parse_args); returns the summary rows, sorted."""
+    from crackxai.config import explainer_settings, load_config
+
+    check_options(args.tile, args.stride, args.threshold, args.batch_size)
+    stride = args.stride or args.tile
+    explain = gradient_cam(args.explain) if args.explain else None
+    files = list_photos(args.paths, exclude=args.out)  # before the model: bad input fails fast
+    cfg = load_config([])
+    model, model_path, classes = load_inspection_model(args.model, args.uri)
+    positive = positive_index(classes, None, "--positive-class") if len(classes) > 1 else 0
+
+    from crackxai.models.predictor import Predictor
+
+    predictor = Predictor(model, batch_size=args.batch_size or cfg.evaluate.batch_size)
+    explainer = None
+    if explain:
+        from crackxai.xai import registry
+
+        explainer = registry.create(explain, model=model, predictor=predictor,
+                                    layer=args.layer or cfg.explain.layer,
+                                    **explainer_settings(cfg, explain))
+    h, w = model.input_shape[1:3]
+    log(STAGE, f"{len(files)} file(s); {args.tile} px tiles every {stride} px, each resized to "
+               f"{w}x{h}; crack class '{classes[positive]}'; model {args.model}"
+               + (f"; {explain} on layer {explainer.layer}" if explainer else ""))
+
+    out: Path = args.out
+    stems = iter(output_stems([name for name, _ in files]))  # photos come back in file order
+    rows: list[dict[str, Any]] = []
+    n_tiles, start = 0, time.perf_counter()
+    bar = tqdm(total=len(files), unit="photo", desc="inspect",
+               disable=args.quiet or not sys.stderr.isatty())
+    with bar:
+        for photo in inspect_photos(files, predictor, positive, args.tile, stride,
+                                    args.threshold, explainer, model_path):
+            stem = next(stems)
+            if not photo.error:
+                write_photo(out, photo, stem,
+                            photo_record(photo, stem, args.threshold, explain, args.model))
+                n_tiles += len(photo.tiling)
+            rows.append(summary_row(photo, stem, args.threshold))
+            bar.update()
+            if bar.disable and not args.quiet:
+                what = (f"error: {photo.error}" if photo.error else
+                        f"crack score {photo.score:.3f}, {len(photo.regions)} region(s)")
+                log(STAGE, f"[{len(rows)}/{len(files)}] {photo.name}: {what}")
+    seconds = time.perf_counter() - start
+    rows = sort_rows(rows)
+    write_summary(out, rows, model=args.model, tile=args.tile, stride=stride,
+                  threshold=args.threshold, explain=explain)
+    errors = [r for r in rows if r["status"] != "ok"]
+    log(STAGE, f"{len(rows) - len(errors)} photo(s), {n_tiles} tiles in {seconds:.1f} s "
+               f"({n_tiles / max(seconds, 1e-9):.1f} tiles/s); {len(errors)} unreadable; wrote "
+               f"{out}/summary.csv, index.html and a .png + .json per photo")
+    if errors:
+        logger.warning(f"{len(errors)} file(s) could not be inspected, e.g. {errors[0]['photo']} "
+                       f"({errors[0]['error']}); listed in {out / 'summary.csv'}")
+    if len(errors) == len(rows):
+        raise DataError(f"None of the {len(rows)} file(s) could be read as a photo (e.g. "
+                        f"{errors[0]['photo']}: {errors[0]['error']}). Give JPEG, PNG, TIFF, ... "
+                        "photos that OpenCV decodes.")
+    return rows
+
+
+@command(STAGE)
+def main(argv: list[str] | None = None) -> None:
+    inspect(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
