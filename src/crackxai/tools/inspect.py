@@ -198,7 +198,8 @@ class Photo:
     tiles: np.ndarray | None = None  # (N, h, w, 3) uint8 at the model input, kept for --explain
     probabilities: np.ndarray | None = None  # (N,) crack probability per tile
     probability_map: np.ndarray | None = None  # (H, W) float32
-    heat: np.ndarray | None = None  # (H, W) float32 stitched CAM map, with --explain
+    tile_heat: np.ndarray | None = None  # (N, h, w) each tile's CAM x its probability (0 if
+    heat: np.ndarray | None = None  # not flagged) and their stitched (H, W) map, with --explain
     regions: list[dict[str, Any]] = field(default_factory=list)
     out_of_distribution: np.ndarray | None = None  # (N,) bool per tile; see out_of_distribution
 
@@ -271,24 +272,25 @@ def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int,
         photo.probability_map = tiles.stitch(photo.tiling, p, "mean")
         photo.regions = inspection.flagged_regions(photo.probability_map, threshold)
         if explainer is not None:
-            photo.heat = explain_flagged(photo, explainer, positive, threshold,
-                                         predictor.batch_size)
-        if explainer is None:
-            photo.tiles = None  # no longer needed: keep memory flat over a folder
+            photo.tile_heat = explain_flagged(photo.tiles, p, explainer, positive, threshold,
+                                              predictor.batch_size)
+            photo.heat = tiles.stitch(photo.tiling, photo.tile_heat, "max")
+        photo.tiles = None  # no longer needed: memory stays flat over a folder
         yield photo
 
 
-def explain_flagged(photo: Photo, explainer: Any, positive: int, threshold: float,
-                    batch_size: int) -> np.ndarray:
-    """The flagged tiles' CAMs, each weighted by its tile's probability, stitched by max."""
-    p = photo.probabilities
+def explain_flagged(tile_images: np.ndarray, probabilities: np.ndarray, explainer: Any,
+                    positive: int, threshold: float, batch_size: int) -> np.ndarray:
+    """(N, h, w): the CAM of each flagged tile (probability >= threshold), explained in batches
+    and weighted by the tile's probability, so a weakly flagged tile's map, normalised to [0, 1]
+    like every CAM, does not outshine a confident one; 0 for the other tiles."""
+    p = probabilities
     flagged = np.flatnonzero(p >= threshold)
-    maps = np.zeros((len(p), *photo.tiles.shape[1:3]), np.float32)
+    maps = np.zeros(tile_images.shape[:3], np.float32)
     for start in range(0, len(flagged), batch_size):
         idx = flagged[start:start + batch_size]
-        maps[idx] = explainer.explain(photo.tiles[idx], [positive] * len(idx)) * p[idx, None, None]
-    photo.tiles = None
-    return tiles.stitch(photo.tiling, maps, "max")
+        maps[idx] = explainer.explain(tile_images[idx], [positive] * len(idx)) * p[idx, None, None]
+    return maps
 
 
 # ---------------------------------------------------------------------------------------------
