@@ -21,7 +21,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from crackxai.xai import metrics as xai_metrics
 
@@ -40,13 +39,15 @@ def flagged_regions(probability_map: np.ndarray, threshold: float) -> list[dict[
                                                            connectivity=8)
     if n <= 1:
         return []
-    index = np.arange(1, n)
-    peaks = ndimage.maximum(pmap, labels, index)
-    means = ndimage.mean(pmap, labels, index)
-    regions = [{"box": [int(x), int(y), int(x + w), int(y + h)], "area": int(area),
-                "max_p": round(float(peak), 4), "mean_p": round(float(mean), 4)}
-               for (x, y, w, h, area), peak, mean in zip(stats[1:].tolist(), peaks, means,
-                                                        strict=True)]
+    # One pass for every sum (scipy.ndimage.mean/maximum with many labels take seconds on a
+    # 12-megapixel map); each peak from its own bounding box only.
+    sums = np.bincount(labels.ravel(), weights=pmap.ravel(), minlength=n)
+    regions = []
+    for i, (x, y, w, h, area) in enumerate(stats.tolist()[1:], start=1):
+        box = (slice(y, y + h), slice(x, x + w))
+        peak = pmap[box][labels[box] == i].max()
+        regions.append({"box": [x, y, x + w, y + h], "area": area,
+                        "max_p": round(float(peak), 4), "mean_p": round(float(sums[i] / area), 4)})
     return sorted(regions, key=lambda r: (-r["max_p"], r["box"]))
 
 
