@@ -41,7 +41,9 @@ import argparse
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,24 +222,38 @@ def read_photo(name: str, path: Path) -> Photo:
     return Photo(name, path, image=image)
 
 
+def tile_photo(name: str, path: Path, tile: int, stride: int, size: tuple[int, int]) -> Photo:
+    """The photo read, decoded and cut into tiles at the model input (`error` set instead when
+    it cannot be read)."""
+    photo = read_photo(name, path)
+    if photo.image is None:
+        photo.tiles = np.zeros((0, *size, 3), np.uint8)
+        return photo
+    h, w = photo.image.shape[:2]
+    photo.tiling = tiles.plan(h, w, tile, stride)
+    if photo.tiling.padded:
+        logger.warning(f"{name} is {w}x{h}, smaller than one {tile}x{tile} tile: padded "
+                       f"(mirrored) to {photo.tiling.padded_width}x{photo.tiling.padded_height}, "
+                       "not stretched; a crack near its border is seen twice in the padding, so "
+                       "read its score with care.")
+    photo.tiles = tiles.cut(tiles.pad(photo.image, photo.tiling), photo.tiling, size)
+    return photo
+
+
 def tiled(files: list[tuple[str, Path]], tile: int, stride: int,
           size: tuple[int, int]) -> Iterator[tuple[Photo, np.ndarray]]:
-    """(photo, its tiles at the model input) for each file; no tiles for an unreadable one."""
-    empty = np.zeros((0, *size, 3), np.uint8)
-    for name, path in files:
-        photo = read_photo(name, path)
-        if photo.image is None:
-            yield photo, empty
-            continue
-        h, w = photo.image.shape[:2]
-        photo.tiling = tiles.plan(h, w, tile, stride)
-        if photo.tiling.padded:
-            logger.warning(f"{name} is {w}x{h}, smaller than one {tile}x{tile} tile: padded "
-                           f"(mirrored) to {photo.tiling.padded_width}x"
-                           f"{photo.tiling.padded_height}, not stretched; a crack near its "
-                           "border is seen twice in the padding, so read its score with care.")
-        photo.tiles = tiles.cut(tiles.pad(photo.image, photo.tiling), photo.tiling, size)
-        yield photo, photo.tiles
+    """(photo, its tiles) for each file, in order. The next photo is decoded and cut on a
+    second thread while the model works on this one (OpenCV and TensorFlow release the GIL)."""
+    with ThreadPoolExecutor(1) as pool:
+        ahead: deque[Future[Photo]] = deque()
+        for name, path in files:
+            ahead.append(pool.submit(tile_photo, name, path, tile, stride, size))
+            if len(ahead) > 1:  # one photo ahead: memory stays at a few photos
+                photo = ahead.popleft().result()
+                yield photo, photo.tiles
+        while ahead:
+            photo = ahead.popleft().result()
+            yield photo, photo.tiles
 
 
 def out_of_distribution(model_path: str, tile_images: np.ndarray) -> np.ndarray | None:
@@ -261,6 +277,7 @@ def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int,
     for photo, probs in predict_groups(predictor, tiled(files, tile, stride, size),
                                        predictor.batch_size):
         if photo.error:
+            photo.tiles = None
             yield photo
             continue
         p = probs[:, positive].astype(np.float32)
