@@ -16,7 +16,9 @@ size of a phone or drone picture. Three paths over the same number of tiles:
 
 Each path runs once untimed (tracing, file cache), then --repeats times interleaved with the
 others; the best time of each is kept (the machine may be shared: the best run is the one least
-disturbed). The ratios printed are inspect / predictor and tool / predictor.
+disturbed). Printed per path: the best wall seconds, tiles per second and its ratio to the
+predictor's, and the CPU seconds of the process (all threads) with the same ratio: on a
+shared machine the CPU time is the steadier measure of the work done.
 """
 
 from __future__ import annotations
@@ -88,19 +90,22 @@ def main() -> None:
 
         paths = {"predictor": run_predictor, "inspect": run_inspect, "tool": run_tool}
         best = dict.fromkeys(paths, float("inf"))
+        cpu = dict.fromkeys(paths, float("inf"))
         for repeat in range(args.repeats + 1):
             for name, fn in paths.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
                 if repeat:  # the first pass is the untimed warm-up
                     best[name] = min(best[name], time.perf_counter() - start)
+                    cpu[name] = min(cpu[name], time.process_time() - start_cpu)
     print(f"model {args.model} (input {size[1]}x{size[0]}); {len(files)} photos {width}x{height}, "
           f"{per_photo} tiles of 227 px each, {n} tiles; batch {args.batch_size}; "
           f"best of {args.repeats}")
     rate = {k: n / v for k, v in best.items()}
+    print(f"  {'':<10}{'wall s':>8}{'tiles/s':>9}{'ratio':>7}{'CPU s':>9}{'ratio':>7}")
     for name in paths:
-        ratio = "" if name == "predictor" else f"  ({rate[name] / rate['predictor']:.2f}x the predictor)"
-        print(f"  {name:<10}{best[name]:8.2f} s  {rate[name]:8.1f} tiles/s{ratio}")
+        print(f"  {name:<10}{best[name]:8.2f}{rate[name]:9.1f}{rate[name] / rate['predictor']:7.2f}"
+              f"{cpu[name]:9.2f}{cpu['predictor'] / cpu[name]:7.2f}")
 
 
 if __name__ == "__main__":
