@@ -53,6 +53,20 @@ def decode_image(data: bytes, size: int,
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), "", note, (h, w)
 
 
+def fit_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` (h, w, 3) at (height, width): area-resized as the preprocess stage resizes, or
+    returned as it is when it already has that size (no copy, no rounding)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def decode_to(data: bytes, height: int, width: int) -> np.ndarray:
+    """RGB uint8 (height, width, 3) from the bytes of an image file, decoded as the preprocess
+    stage decodes training images. The caller checks the bytes decode (decode_image)."""
+    return fit_to(decode_image(data, max(height, width), 1)[0], height, width)
+
+
 def decode_mask(data: bytes, shape: tuple[int, int], size: int) -> tuple[np.ndarray | None, str]:
     """Bytes of a crack mask -> ((size, size) uint8 0/1, "") or (None, problem).
 
