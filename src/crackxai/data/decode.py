@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from crackxai.core.errors import DataError
+
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
 
@@ -63,8 +65,12 @@ def fit_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def decode_to(data: bytes, height: int, width: int) -> np.ndarray:
     """RGB uint8 (height, width, 3) from the bytes of an image file, decoded as the preprocess
-    stage decodes training images. The caller checks the bytes decode (decode_image)."""
-    return fit_to(decode_image(data, max(height, width), 1)[0], height, width)
+    stage decodes training images. DataError "not a usable image (reason: detail)" when the
+    bytes do not decode: the caller says which image and what to do."""
+    image, reason, detail, _ = decode_image(data, max(height, width), 1)
+    if image is None:
+        raise DataError(f"not a usable image ({reason}: {detail})")
+    return fit_to(image, height, width)
 
 
 def decode_mask(data: bytes, shape: tuple[int, int], size: int) -> tuple[np.ndarray | None, str]:
