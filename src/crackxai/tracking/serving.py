@@ -92,9 +92,11 @@ def _items(model_input: Any) -> list[Any] | np.ndarray:
 
 
 def _pixels(i: int, item: Any) -> np.ndarray:
-    """One image given as values: (H, W, 3), finite, 0-255."""
+    """One image given as values: (H, W, 3), finite, 0-255; uint8 stays uint8 (resized as the
+    preprocess stage resizes decoded files), anything else becomes float32."""
     try:
-        image = np.asarray(item, dtype=np.float32)
+        image = np.asarray(item)
+        image = image if image.dtype == np.uint8 else image.astype(np.float32)
     except (TypeError, ValueError):
         image = None
     if image is None or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
