@@ -33,11 +33,17 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from crackxai.config import explainer_settings, load_config
+from crackxai.core.errors import CrackxaiError
 from crackxai.data.decode import decode_to, fit_to
 from crackxai.models.io import load_model, save_model
 from crackxai.models.predictor import Predictor
 from crackxai.models.resnet import build_model
-from crackxai.tracking.registry import CHAMPION_ALIAS, gradcam_settings, log_model
+from crackxai.tracking.registry import (
+    CHAMPION_ALIAS,
+    check_classes,
+    gradcam_settings,
+    log_model,
+)
 from crackxai.xai import registry
 from crackxai.xai.cam import resolve_layer
 from tests.conftest import REPO, SHARED_SAMPLE
@@ -182,13 +188,22 @@ def test_gradcam_maps_equal_the_explain_stage(served, champion):
     (pd.DataFrame({"image": []}), None, "holds no image"),
     (np.zeros((1, SIZE, SIZE, 3)), {"explain": "shap"}, "choose one of none, gradcam"),
     (np.zeros((1, SIZE, SIZE, 3)), {"explain": "gradcam", "layer": "nope"},
-     "Grad-CAM is not available: CAM layer 'nope'"),
+     "Grad-CAM is not available .*CAM layer 'nope'"),
 ])
 def test_bad_input_is_one_clear_error(champion, request_, params, message):
     with pytest.raises(MlflowException, match=message) as err:
         champion.predict(request_, params=params)
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400 from the server
     assert "Traceback" not in err.value.message and "\n" not in err.value.message
+
+
+def test_class_names_must_make_distinct_columns():
+    assert check_classes(CLASSES, 2) == CLASSES
+    for bad in (["predicted", "crack"], ["crack", "crack"]):
+        with pytest.raises(CrackxaiError, match="distinct and none of those.*Rename"):
+            check_classes(bad)
+    with pytest.raises(CrackxaiError, match="for a model with 3 outputs"):
+        check_classes(CLASSES, 3)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from crackxai.models.training import (
     write_history_csv,
 )
 from crackxai.tracking.keras_logger import MlflowLogger
-from crackxai.tracking.registry import gradcam_settings, log_model
+from crackxai.tracking.registry import check_classes, gradcam_settings, log_model
 from crackxai.tracking.runs import (
     connect,
     resolve_tracking_uri,
@@ -82,6 +82,7 @@ def main(cfg: Config) -> dict[str, Any]:
     configure_runtime(t.precision, cfg.seed, t.deterministic)
     train, val = load_train_val(PROCESSED_DIR)
     size = train.images.shape[1]
+    check_classes(train.classes)  # the served model's column names: before, not after, training
     log(STAGE, f"data: {len(train)} train / {len(val)} val images {size}x{size} from "
                f"{PROCESSED_DIR}, classes {train.classes} (output index = position)")
     # resolve_weights also fails fast on unavailable weights (no network, missing file).

@@ -101,16 +101,19 @@ def encode_png(image: np.ndarray) -> str:
     return base64.b64encode(png.tobytes()).decode("ascii")
 
 
-def _check_classes(classes: list[str], num_outputs: int | None) -> list[str]:
+def check_classes(classes: list[str], num_outputs: int | None = None) -> list[str]:
+    """The class names as the served model's column names: distinct, none of RESERVED_COLUMNS,
+    one per model output (when `num_outputs` is given). The train stage checks before training."""
     names = [str(c) for c in classes]
     clash = sorted(set(names) & set(RESERVED_COLUMNS))
-    if clash or len(set(names)) != len(names) or (num_outputs and len(names) != num_outputs):
+    if clash or len(set(names)) != len(names):
         raise CrackxaiError(
-            f"Cannot log the model with classes {names}: the served model returns one column "
-            f"per class beside {', '.join(RESERVED_COLUMNS)}, so the names must be distinct, "
-            "none of those"
-            + (f", and one per model output ({num_outputs})" if num_outputs else "")
-            + ". Rename the class folders (data.classes) and rerun preprocess and train.")
+            f"Classes {names}: the served MLflow model returns one column per class beside "
+            f"{', '.join(RESERVED_COLUMNS)}, so class names must be distinct and none of those. "
+            "Rename the class folders (data.classes) and rerun preprocess.")
+    if num_outputs is not None and len(names) != num_outputs:
+        raise CrackxaiError(f"{len(names)} class names {names} for a model with {num_outputs} "
+                            "outputs: the model and the class list come from different runs.")
     return names
 
 
@@ -144,7 +147,7 @@ def log_model(model_file: str | os.PathLike[str], classes: list[str], example: n
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_model needs an active MLflow run")
-    classes = _check_classes(classes, num_outputs)
+    classes = check_classes(classes, num_outputs)
     model_file = Path(model_file)
     client = mlflow.MlflowClient()
     tags = version_tags(client.get_run(run.info.run_id).data.tags)

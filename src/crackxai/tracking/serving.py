@@ -40,7 +40,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-from crackxai.core.errors import CrackxaiError
+from crackxai.core.errors import CrackxaiError, DataError
 from crackxai.tracking.registry import (
     EXPLAIN_CHOICES,
     EXPLAIN_PARAM,
@@ -130,7 +130,6 @@ def to_images(model_input: Any, height: int, width: int) -> np.ndarray:
     """The request as float32 (N, height, width, 3) 0-255 RGB: files decoded and images resized
     as explain_image does (crackxai.data.decode); an array already at that size is used as it
     is, so the probabilities equal the Keras model's on the same array."""
-    from crackxai.core.errors import DataError
     from crackxai.data.decode import decode_to, fit_to
 
     items = _items(model_input)
@@ -196,8 +195,9 @@ class CrackxaiModel(PythonModel):
                 self._explainers[layer] = registry.create(
                     "gradcam", model=self.model, predictor=self.predictor, layer=layer or None,
                     **settings)
-            except CrackxaiError as err:
-                raise bad_request(f"Grad-CAM is not available: {err}") from None
+            except CrackxaiError as err:  # a layer the model lacks: the request's, or recorded
+                raise bad_request(f"Grad-CAM is not available (params {{'{LAYER_PARAM}': "
+                                  f"'{layer}'}}): {err}") from None
         return self._explainers[layer]
 
     def predict(self, context: Any, model_input: pd.DataFrame,
