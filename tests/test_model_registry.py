@@ -230,7 +230,9 @@ def test_logged_model_predicts_through_pyfunc(store, run_id, images, expected):
     assert signature.outputs.input_names()[:3] == [*CLASSES, "predicted"]
     assert {p.name: p.default for p in signature.params.params} == {"explain": "none",
                                                                      "layer": ""}
-    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.model"
+    # models from code (crackxai.tracking.served_model), the served crackxai.tracking.serving model
+    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == \
+        "mlflow.pyfunc.loaders.code_model"
 
 
 def test_model_is_not_stored_twice(store, run_id):

@@ -137,6 +137,8 @@ def test_run_and_champion_uris_give_probabilities_for_images_of_any_size(served,
                              verbose=0)
     np.testing.assert_allclose(champion.predict(arrays)[CLASSES].to_numpy(), expected, rtol=1e-5,
                                atol=1e-6)
+    # the plain Keras model inside (README: "Using the trained model")
+    assert isinstance(champion.unwrap_python_model().model, keras.Model)
 
 
 def test_model_files_hold_the_weights_once_classes_and_gradcam_settings(served):
