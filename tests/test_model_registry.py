@@ -1,5 +1,9 @@
 """A portable model (standard Keras layers only) logged as an MLflow model, registered, promoted.
 
+The MLflow model is crackxai's served pyfunc model (crackxai.tracking.serving; its own tests are in
+tests/test_serving.py): predict returns a DataFrame whose class-named columns are the
+probabilities, so the checks here read those columns.
+
 Real components: the train stage on a tiny generated dataset, a real SQLite MLflow store with its
 Model Registry in a temp folder, and a Python subprocess in which crackxai cannot be imported.
 """
@@ -29,6 +33,7 @@ from crackxai.stages.train import main
 from crackxai.tools import compare
 from crackxai.tracking.registry import CHAMPION_ALIAS, log_model, model_file
 from tests.test_train import (  # noqa: F401 - _reset_tf_globals: autouse, undoes main()'s globals
+    CLASSES,
     ENV_LEAKS,
     SIZE,
     _reset_tf_globals,
@@ -218,11 +223,16 @@ def test_augmentation_is_seeded_per_epoch_and_train_only(tmp_path):
 def test_logged_model_predicts_through_pyfunc(store, run_id, images, expected):
     mlflow.set_tracking_uri(store)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    np.testing.assert_allclose(pyfunc.predict(images), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pyfunc.predict(images)[CLASSES].to_numpy(), expected, rtol=1e-5,
+                               atol=1e-6)
     signature = pyfunc.metadata.signature
-    assert signature.inputs.inputs[0].shape == (-1, SIZE, SIZE, 3)
-    assert signature.outputs.inputs[0].shape == (-1, 2)
-    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "mlflow.keras"
+    assert signature.inputs is None  # encoded files, arrays or lists: the model checks them
+    assert signature.outputs.input_names()[:3] == [*CLASSES, "predicted"]
+    assert {p.name: p.default for p in signature.params.params} == {"explain": "none",
+                                                                     "layer": ""}
+    # models from code (crackxai.tracking.served_model), the served crackxai.tracking.serving model
+    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == \
+        "mlflow.pyfunc.loaders.code_model"
 
 
 def test_model_is_not_stored_twice(store, run_id):
@@ -233,7 +243,7 @@ def test_model_is_not_stored_twice(store, run_id):
         experiment_ids=[client.get_run(run_id).info.experiment_id])
     assert logged.source_run_id == run_id and logged.name == "model"
     assert "model.keras" in [Path(a.path).name for a in
-                             client.list_logged_model_artifacts(logged.model_id, "data")]
+                             client.list_logged_model_artifacts(logged.model_id, "artifacts")]
 
 
 def test_model_file_resolves_paths_run_and_registry_uris(store, run_id, images, expected):
@@ -259,30 +269,35 @@ def test_registered_version_carries_provenance_tags(trained, store, run_id):
 
 
 def _tiny_run(store: str, experiment_id: str, metrics: dict[str, float],
-              register: str | None) -> tuple[str, keras.Model]:
+              register: str | None, folder: Path) -> tuple[str, keras.Model]:
     """A second, cheap run in the store: a small model logged (and registered) like train's."""
     keras.utils.set_random_seed(7)
     model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(2, activation="softmax")])
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
     mlflow.set_tracking_uri(store)
     with mlflow.start_run(experiment_id=experiment_id, run_name="tiny") as run:
         mlflow.log_metrics(metrics)
         mlflow.set_tags({"git.commit": "abc123", "data.manifest_sha256": "0" * 64})
-        logged = log_model(model, np.zeros((1, SIZE, SIZE, 3), np.uint8), register)
+        logged = log_model(folder / "model.keras", CLASSES, np.zeros((1, SIZE, SIZE, 3), np.uint8),
+                           register)
     assert (logged["version"] is None) == (register is None)
     return run.info.run_id, model
 
 
-def test_promote_sets_champion_on_the_best_run(store, run_id, images, expected, caplog):
+def test_promote_sets_champion_on_the_best_run(store, run_id, images, expected, caplog, tmp_path):
     client = mlflow.MlflowClient(store)
     experiment_id = client.get_run(run_id).info.experiment_id
     with pytest.raises(CrackxaiError, match=r"--promote test/accuracy: none of the 1 run\(s\)"):
         compare.promote("test/accuracy", uri=store)  # the trained run has no test metrics yet
     client.log_metric(run_id, "test/accuracy", 0.9)
     client.log_metric(run_id, "val/loss", 0.5)
-    tiny_id, tiny = _tiny_run(store, experiment_id, {"test/accuracy": 0.6, "val/loss": 0.2}, NAME)
-    _tiny_run(store, experiment_id, {"test/accuracy": 0.99}, None)  # best, but not registered
+    tiny_id, tiny = _tiny_run(store, experiment_id, {"test/accuracy": 0.6, "val/loss": 0.2}, NAME,
+                              tmp_path / "a")
+    _tiny_run(store, experiment_id, {"test/accuracy": 0.99}, None,  # best, but not registered
+              tmp_path / "b")
 
     with caplog.at_level("INFO", logger="crackxai"):
         compare.main(["--promote", "test/accuracy", "--uri", store, "--no-plot"])
@@ -290,14 +305,15 @@ def test_promote_sets_champion_on_the_best_run(store, run_id, images, expected, 
            f"now models:/{NAME}@{CHAMPION_ALIAS}" in caplog.text
     assert client.get_model_version_by_alias(NAME, CHAMPION_ALIAS).run_id == run_id
     champion = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION_ALIAS}")
-    np.testing.assert_allclose(champion.predict(images), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(champion.predict(images)[CLASSES].to_numpy(), expected, rtol=1e-5,
+                               atol=1e-6)
 
     compare.promote("val/loss", uri=store)  # a loss: lowest wins
     version = client.get_model_version_by_alias(NAME, CHAMPION_ALIAS)
     assert version.run_id == tiny_id and str(version.version) == "2"
     champion = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION_ALIAS}")
-    np.testing.assert_allclose(champion.predict(images), tiny.predict(images, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(champion.predict(images)[CLASSES].to_numpy(),
+                               tiny.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_promote_errors(store, tmp_path, capsys):

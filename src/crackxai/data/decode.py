@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from crackxai.core.errors import DataError
+
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
 
@@ -61,6 +63,24 @@ def decode_rgb(data: bytes, min_source_size: int = 1) -> tuple[np.ndarray | None
     else:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img, "", note
+
+
+def fit_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` (h, w, 3) at (height, width): area-resized as the preprocess stage resizes, or
+    returned as it is when it already has that size (no copy, no rounding)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def decode_to(data: bytes, height: int, width: int) -> np.ndarray:
+    """RGB uint8 (height, width, 3) from the bytes of an image file, decoded as the preprocess
+    stage decodes training images. DataError "not a usable image (reason: detail)" when the
+    bytes do not decode: the caller says which image and what to do."""
+    image, reason, detail, _ = decode_image(data, max(height, width), 1)
+    if image is None:
+        raise DataError(f"not a usable image ({reason}: {detail})")
+    return fit_to(image, height, width)
 
 
 def decode_mask(data: bytes, shape: tuple[int, int], size: int) -> tuple[np.ndarray | None, str]:

@@ -15,9 +15,9 @@ successful finish. It is discarded when the configuration or the data changed in
 
 Outputs: models/model.keras (raw 0-255 RGB in, softmax over classes.json's classes out; standard
 Keras layers only, so plain `keras.saving.load_model` reads it), models/mlflow_run.json (the run
-later stages log into), reports/train_history.csv. In MLflow the run holds the same model as an
-MLflow model (`runs:/<run_id>/model`), registered as a new version of `tracking.registered_model`
-(crackxai.tracking.registry).
+later stages log into), reports/train_history.csv. In MLflow the run holds the same model as the
+served MLflow model (`runs:/<run_id>/model`: probabilities and Grad-CAM for images of any size),
+registered as a new version of `tracking.registered_model` (crackxai.tracking.registry).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from crackxai.models.training import (
     write_history_csv,
 )
 from crackxai.tracking.keras_logger import MlflowLogger
-from crackxai.tracking.registry import log_model
+from crackxai.tracking.registry import check_classes, gradcam_settings, log_model
 from crackxai.tracking.runs import (
     connect,
     resolve_tracking_uri,
@@ -82,6 +82,7 @@ def main(cfg: Config) -> dict[str, Any]:
     configure_runtime(t.precision, cfg.seed, t.deterministic)
     train, val = load_train_val(PROCESSED_DIR)
     size = train.images.shape[1]
+    check_classes(train.classes)  # the served model's column names: before, not after, training
     log(STAGE, f"data: {len(train)} train / {len(val)} val images {size}x{size} from "
                f"{PROCESSED_DIR}, classes {train.classes} (output index = position)")
     # resolve_weights also fails fast on unavailable weights (no network, missing file).
@@ -114,7 +115,9 @@ def main(cfg: Config) -> dict[str, Any]:
         write_history_csv(rows, TRAIN_HISTORY)
         log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
         # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
-        logged = log_model(model, val.images[:1], cfg.tracking.registered_model)
+        logged = log_model(MODEL_FILE, train.classes, val.images[:1],
+                           cfg.tracking.registered_model, gradcam=gradcam_settings(cfg),
+                           num_outputs=int(model.output_shape[-1]))
         name, version = cfg.tracking.registered_model, logged["version"]
         log(STAGE, f"logged the MLflow model {logged['model_uri']}, " + (
             f"registered as {name} version {version}" if version else

@@ -46,6 +46,7 @@ from crackxai.core.entry import command, log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import atomic_dir
 from crackxai.core.paths import PROCESSED_DIR, REPORTS_DIR
+from crackxai.data.decode import decode_to
 from crackxai.data.processed import read_classes
 from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
@@ -207,18 +208,6 @@ def read_image_file(path: Path) -> bytes:
         raise DataError(f"--image '{path}' is not a usable image ({reason}: {detail}). Give a "
                         "file OpenCV can decode: JPEG, PNG, BMP, TIFF, WebP, ...")
     return data
-
-
-def decode_to(data: bytes, height: int, width: int) -> np.ndarray:
-    """RGB uint8 (height, width, 3), decoded as the preprocess stage decodes training images."""
-    import cv2
-
-    from crackxai.data.decode import decode_image
-
-    image = decode_image(data, max(height, width), 1)[0]
-    if image.shape[:2] != (height, width):
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    return image
 
 
 def input_size(model: keras.Model, size: int) -> tuple[int, int]:

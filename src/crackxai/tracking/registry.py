@@ -1,24 +1,36 @@
-"""The trained model as an MLflow model: logged with its run, registered, promoted.
+"""The trained model as an MLflow model: logged with its run, registered, promoted, served.
 
-    runs:/<run_id>/model            the model of one training run (mlflow.keras flavour)
+    runs:/<run_id>/model            the model of one training run
     models:/<name>/<version>        a registered version (tracking.registered_model, default crackxai)
     models:/<name>@champion         the version `python -m crackxai.compare --promote METRIC` chose
 
-The logged model holds the same portable .keras file as models/model.keras (standard Keras layers
-only), so `mlflow.pyfunc.load_model(uri).predict(x)` and `mlflow.keras.load_model(uri)` work
-without crackxai; x is float32 (N, S, S, 3) raw 0-255 RGB, the output (N, classes) probabilities.
+The MLflow model is crackxai's served model, an mlflow.pyfunc.PythonModel logged as models from
+code (MLflow's recommended way; crackxai.tracking.serving): `mlflow.pyfunc.load_model(uri)` and
+`mlflow models serve -m uri` take images of any size and return per image the probability of
+each class, the predicted class and, with params {"explain": "gradcam"}, a Grad-CAM map. Its
+files: artifacts/model.keras (the same portable .keras file as models/model.keras, stored once;
+plain `keras.saving.load_model` reads it), artifacts/crackxai.json (class names, Grad-CAM
+settings) and code/crackxai (the package, so it loads where crackxai is not installed).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
-from typing import Any
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crackxai.core.errors import CrackxaiError
 from crackxai.tracking.runs import redact
+
+if TYPE_CHECKING:
+    from crackxai.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -29,54 +41,134 @@ VERSION_TAGS = ("dvc.experiment", "git.commit", "data.manifest_sha256")
 # Metric names containing one of these are better when lower (for --promote).
 LOWER_IS_BETTER = ("loss", "ece", "error", "deletion")
 
+# The served model's contract, shared by log_model (here) and the model (tracking.serving).
+KERAS_ARTIFACT, KERAS_NAME = "keras_model", "model.keras"
+META_ARTIFACT, META_NAME = "crackxai", "crackxai.json"
+# OOD (issue #15, branch `ood`): the detector the train stage saves beside the model; shipped as
+# an artifact when present. Its name is the ood branch's: check it when that branch lands.
+OOD_ARTIFACT, OOD_SUFFIX = "ood", ".ood.npz"
+IMAGE_COLUMN = "image"
+EXPLAIN_PARAM, EXPLAIN_CHOICES = "explain", ("none", "gradcam")
+LAYER_PARAM = "layer"  # "" = the layer recorded when the model was logged
+PREDICTED_COLUMN, OOD_COLUMN, GRADCAM_COLUMN = "predicted", "out_of_distribution", "gradcam"
+RESERVED_COLUMNS = (PREDICTED_COLUMN, OOD_COLUMN, GRADCAM_COLUMN)
+SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")  # set_model(CrackxaiModel())
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/crackxai, shipped as code/crackxai
+
 
 def pip_requirements() -> list[str]:
-    """Pinned, not inferred: MLflow's inference would reload the model in a subprocess (slow)."""
+    """Pinned, not inferred: MLflow's inference would reload the model in a subprocess (slow).
+    What the served model imports besides MLflow: Keras on TensorFlow, OpenCV to decode images,
+    tf-keras-vis for Grad-CAM, pandas/numpy, tqdm (crackxai.data.decode)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import keras
     import tensorflow as tf
 
-    return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
+    pins = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
+    for dist in ("opencv-python-headless", "opencv-python", "tf-keras-vis", "pandas", "numpy",
+                 "tqdm"):
+        try:
+            pins.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:  # e.g. only one of the two OpenCV builds is installed
+            continue
+    return pins
 
 
-class _KerasFlavor:
-    """mlflow.keras, but with the model folder created before the input example is written:
-    mlflow.keras.save_model writes input_example.json before it creates the folder and fails
-    with FileNotFoundError (https://github.com/mlflow/mlflow/issues/16183, open in MLflow 3.x).
-    The MLmodel file still names mlflow.keras as the loader, so nothing of crackxai is needed
-    to load the model."""
+def _signature(classes: list[str]) -> Any:
+    """No input schema (the model takes encoded files, arrays and lists, which one schema cannot
+    describe; it checks them itself), the output columns, and the params."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
 
-    __name__ = "mlflow.keras"
+    outputs = Schema([ColSpec("double", c) for c in classes] + [
+        ColSpec("string", PREDICTED_COLUMN),
+        ColSpec("boolean", OOD_COLUMN, required=False),
+        ColSpec(Array(Array("double")), GRADCAM_COLUMN, required=False)])
+    params = ParamSchema([ParamSpec(EXPLAIN_PARAM, "string", EXPLAIN_CHOICES[0]),
+                          ParamSpec(LAYER_PARAM, "string", "")])
+    return ModelSignature(outputs=outputs, params=params)
 
-    @staticmethod
-    def save_model(path: str, **kwargs: Any) -> None:
-        import mlflow.keras
 
-        os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+def encode_png(image: np.ndarray) -> str:
+    """One RGB uint8 image as base64 PNG text: how a JSON request carries an image file."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("OpenCV cannot encode the image as PNG")
+    return base64.b64encode(png.tobytes()).decode("ascii")
+
+
+def check_classes(classes: list[str], num_outputs: int | None = None) -> list[str]:
+    """The class names as the served model's column names: distinct, none of RESERVED_COLUMNS,
+    one per model output (when `num_outputs` is given). The train stage checks before training."""
+    names = [str(c) for c in classes]
+    clash = sorted(set(names) & set(RESERVED_COLUMNS))
+    if clash or len(set(names)) != len(names):
+        raise CrackxaiError(
+            f"Classes {names}: the served MLflow model returns one column per class beside "
+            f"{', '.join(RESERVED_COLUMNS)}, so class names must be distinct and none of those. "
+            "Rename the class folders (data.classes) and rerun preprocess.")
+    if num_outputs is not None and len(names) != num_outputs:
+        raise CrackxaiError(f"{len(names)} class names {names} for a model with {num_outputs} "
+                            "outputs: the model and the class list come from different runs.")
+    return names
 
 
 def version_tags(run_tags: dict[str, str]) -> dict[str, str]:
     return {k: run_tags[k] for k in VERSION_TAGS if run_tags.get(k)}
 
 
-def log_model(model: Any, example: np.ndarray, registered_model: str | None) -> dict[str, Any]:
-    """Log `model` into the active run as `runs:/<run_id>/model` and register it under
-    `registered_model` (unless None) with VERSION_TAGS. Returns the model URI, logged model id
-    and registered version (None when not registered)."""
+def gradcam_settings(cfg: Config) -> dict[str, Any]:
+    """The Grad-CAM settings the served model records when it is logged: the explain stage's
+    (explain.layer, explain.cam_min_size, seed), so its maps equal the explain stage's. Recorded
+    like the run's params, not a DVC dependency of train: changing them later does not retrain;
+    a request can name another layer (params {"layer": ...})."""
+    from crackxai.config import explainer_settings
+
+    return {**explainer_settings(cfg, "gradcam"), "layer": cfg.explain.layer}
+
+
+def log_model(model_file: str | os.PathLike[str], classes: list[str], example: np.ndarray,
+              registered_model: str | None, gradcam: dict[str, Any] | None = None,
+              num_outputs: int | None = None) -> dict[str, Any]:
+    """Log the served model for the .keras file `model_file` into the active run as
+    `runs:/<run_id>/model` and register it under `registered_model` (unless None) with
+    VERSION_TAGS. `classes`: the output names, in output order; `example`: images whose first
+    is the input example (as base64 PNG); `gradcam`: the Grad-CAM settings the served maps use
+    (crackxai.xai.registry.create's keywords, layer included); `num_outputs` checks `classes`.
+    A detector file beside the model (<stem>.ood.npz) is shipped too. Returns the model URI,
+    logged model id and registered version (None when not registered)."""
     import mlflow
+    import pandas as pd
 
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_model needs an active MLflow run")
-    example = np.asarray(example, dtype=np.float32)[:1]  # the model's input dtype (see module doc)
-    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    classes = check_classes(classes, num_outputs)
+    model_file = Path(model_file)
     client = mlflow.MlflowClient()
     tags = version_tags(client.get_run(run.info.run_id).data.tags)
-    # Model.log with the keras flavour is what mlflow.keras.log_model calls; see _KerasFlavor.
-    info = mlflow.models.Model.log(
-        artifact_path=None, name=MODEL_ARTIFACT, flavor=_KerasFlavor, model=model,
-        signature=signature, input_example=example, pip_requirements=pip_requirements(),
-        tags=tags)
+    example_image = np.asarray(example)[0]
+    input_example = (pd.DataFrame({IMAGE_COLUMN: [encode_png(example_image)]}),
+                     {EXPLAIN_PARAM: EXPLAIN_CHOICES[0]})
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_file = model_file
+        if model_file.name != KERAS_NAME:  # stored under its served name (model_file() reads it)
+            keras_file = Path(shutil.copy(model_file, Path(tmp) / KERAS_NAME))
+        meta = Path(tmp) / META_NAME
+        meta.write_text(json.dumps({"classes": classes, "gradcam": gradcam}, indent=2) + "\n",
+                        encoding="utf-8")
+        artifacts = {KERAS_ARTIFACT: str(keras_file), META_ARTIFACT: str(meta)}
+        ood = model_file.with_suffix(OOD_SUFFIX)
+        if ood.is_file():
+            artifacts[OOD_ARTIFACT] = str(ood)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=str(SERVED_MODEL_CODE), artifacts=artifacts,
+            code_paths=[str(PACKAGE_DIR)], signature=_signature(classes),
+            input_example=input_example, pip_requirements=pip_requirements(), tags=tags)
     out = {"model_uri": f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}", "model_id": info.model_id,
            "version": None}
     if registered_model:
@@ -149,7 +241,7 @@ def promote_best(client: Any, runs: list[Any], metric: str, name: str,
 
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/")
-KERAS_FILE_IN_MODEL = "data/model.keras"  # where mlflow.keras.save_model puts the .keras file
+KERAS_FILE_IN_MODEL = f"artifacts/{KERAS_NAME}"  # where mlflow.pyfunc puts the artifact
 
 
 def is_model_uri(spec: str | os.PathLike[str]) -> bool:
