@@ -345,7 +345,8 @@ def test_model_from_an_mlflow_run_uri(project, capsys, model_file, surfaces):
     mlflow.set_tracking_uri(store)
     try:
         with mlflow.start_run() as active:
-            log_model(keras.saving.load_model(model_file), np.zeros((1, SIZE, SIZE, 3)), None)
+            log_model(model_file, ["Negative", "Positive"], np.zeros((1, SIZE, SIZE, 3), np.uint8),
+                      None)
     finally:
         mlflow.set_tracking_uri(before)
     photo = surfaces[0][0]
