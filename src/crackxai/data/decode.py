@@ -10,7 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+
+from crackxai.core.progress import progress
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
@@ -123,7 +124,7 @@ def decode_all(jobs: list[tuple[str, str, int, int]], staged: np.ndarray,
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             it = pool.map(load_row, range(len(jobs))) if workers else map(load_row, range(len(jobs)))
-            return list(tqdm(it, total=len(jobs), desc="decode+resize", unit="img"))
+            return list(progress(it, total=len(jobs), desc="decode+resize", unit="img"))
     finally:
         cv2.setNumThreads(cv_threads)
 
