@@ -28,6 +28,8 @@ from crackxai.config.schema import (
     SplitConfig,
 )
 from crackxai.core.errors import ConfigError
+from crackxai.models.sources import ALLOWED as WEIGHTS_ALLOWED
+from crackxai.models.sources import valid_spec
 from crackxai.xai.options import INPAINT_MASKERS, SEGMENTATION_ALGOS, parse_blur_kernel
 
 # key -> a phrase saying where its value came from, e.g. "from the command line"
@@ -167,8 +169,8 @@ def _check_groups(split: SplitConfig, check: _Checker) -> None:
 def _check_model_and_train(cfg: Config, check: _Checker) -> None:
     m, t = cfg.model, cfg.train
     check(m.name in MODEL_NAMES, "model.name", m.name, " | ".join(MODEL_NAMES))
-    check(m.weights is None or bool(m.weights.strip()), "model.weights", m.weights,
-          "imagenet, null (random initialisation) or the path of a weights file")
+    check(valid_spec(m.weights), "model.weights", m.weights, WEIGHTS_ALLOWED,
+          "model.weights=models:/crackxai@champion")
     check(_fraction(m.dropout, high_open=True), "model.dropout", m.dropout, "a number in [0, 1)")
     check(_fraction(m.augment.translate, high_open=True), "model.augment.translate",
           m.augment.translate, "a number in [0, 1) (fraction of the image side)")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from crackxai.core.errors import CrackxaiError
+from crackxai.models.sources import is_model_uri
 from crackxai.tracking.runs import redact
 
 logger = logging.getLogger(__name__)
@@ -148,12 +149,7 @@ def promote_best(client: Any, runs: list[Any], metric: str, name: str,
     return best, version
 
 
-MODEL_URI_SCHEMES = ("runs:/", "models:/")
 KERAS_FILE_IN_MODEL = "data/model.keras"  # where mlflow.keras.save_model puts the .keras file
-
-
-def is_model_uri(spec: str | os.PathLike[str]) -> bool:
-    return str(spec).startswith(MODEL_URI_SCHEMES)
 
 
 def model_file(spec: str | os.PathLike[str], tracking_uri: str | None = None) -> str:
