@@ -22,34 +22,54 @@ logger = logging.getLogger("crackxai.progress")
 LOG_EVERY_S = 30.0
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+class RateLogger:
+    """Logs `desc: done/total unit (x%), rate, elapsed, ETA` at most every `every` seconds;
+    `update(done)` after each step, `finish()` at the end (silent for a loop shorter than
+    `every`)."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, every: float = LOG_EVERY_S):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, done: int, force: bool = False) -> None:
+        self.done = done
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        head = f"{self.desc}: {done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"
+        if self.total:
+            eta = clock((self.total - done) / rate) if rate else "?"
+            logger.info(f"{head} ({done / self.total:.0%}), {rate:.1f} {self.unit}/s, "
+                        f"elapsed {clock(elapsed)}, ETA {eta}")
+        else:
+            logger.info(f"{head}, {rate:.1f} {self.unit}/s, elapsed {clock(elapsed)}")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.every:
+            logger.info(f"{self.desc}: {self.done} {self.unit} done in {clock(elapsed)}")
+
+
 def _logged(items: Iterable[T], total: int | None, desc: str, unit: str,
             every: float) -> Iterator[T]:
-    start = last = time.monotonic()
-    done = 0
-    for item in items:
+    rate = RateLogger(total, desc, unit, every)
+    for done, item in enumerate(items, 1):
         yield item
-        done += 1
-        now = time.monotonic()
-        if now - last >= every:
-            last = now
-            rate = done / (now - start)
-            if total:
-                eta = (total - done) / rate if rate else float("inf")
-                logger.info(f"{desc}: {done}/{total} {unit} ({done / total:.0%}), "
-                            f"{rate:.1f} {unit}/s, elapsed {_clock(now - start)}, "
-                            f"ETA {_clock(eta)}")
-            else:
-                logger.info(f"{desc}: {done} {unit}, {rate:.1f} {unit}/s, "
-                            f"elapsed {_clock(now - start)}")
-    elapsed = time.monotonic() - start
-    if elapsed >= every:  # a short loop stays silent
-        logger.info(f"{desc}: {done} {unit} done in {_clock(elapsed)}")
+        rate.update(done)
+    rate.finish()
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
