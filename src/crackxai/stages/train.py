@@ -8,6 +8,8 @@ Phase 1 trains the head with the backbone frozen (pretrained weights) or the who
 `train.fine_tune.unfreeze` and `train.fine_tune.epochs` are both > 0, fine-tunes the top
 `unfreeze` ResNet stages at `train.fine_tune.lr` with BatchNorm kept in inference mode. Epochs are
 numbered continuously across phases (1-based) in reports/train_history.csv and in MLflow.
+`model.weights` may also name a saved model (a .keras file, `runs:/...`, `models:/name@alias`):
+its backbone is the starting point (crackxai.models.resnet.warm_start), the head is new.
 
 A killed run resumes when rerun: models/.train_state holds Keras's BackupAndRestore state per
 phase, the history so far, the best checkpoint and the MLflow run id, and is removed after a
