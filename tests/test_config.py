@@ -120,6 +120,14 @@ def test_presets_compose():
         ("data.synthetic.image_size=31", "data.synthetic.image_size"),
         ("data.synthetic.difficulty=1.5", "data.synthetic.difficulty"),
         ("preprocess.split.val=-0.1", "preprocess.split.val"),
+        ("preprocess.split.group_by=photo", "preprocess.split.group_by"),
+        ("preprocess.split.group_by=filename_regex preprocess.split.group_regex=''",
+         "preprocess.split.group_regex"),
+        ("preprocess.split.group_by=filename_regex preprocess.split.group_regex='(a'",
+         "preprocess.split.group_regex"),
+        ("preprocess.split.group_by=column preprocess.split.group_column=''",
+         "preprocess.split.group_column"),
+        ("preprocess.split.hash_distance=64", "preprocess.split.hash_distance"),
         ("preprocess.min_good_fraction=0", "preprocess.min_good_fraction"),
         ("preprocess.min_source_size=0", "preprocess.min_source_size"),
         ("preprocess.workers=-1", "preprocess.workers"),
@@ -141,15 +149,21 @@ def test_presets_compose():
 )
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
-        load_config([override])
+        load_config(override.split(" "))
     assert "from the command line" in str(err.value)
 
 
 @pytest.mark.parametrize("override", ["explain.scorecam.max_N=-1", "explain.scorecam.max_N=16",
                                       "explain.images=[0,5]", "explain.max_misclassified=0",
-                                      "explain.lime.hide_color=0", "data.limit_per_class=null"])
+                                      "explain.lime.hide_color=0", "data.limit_per_class=null",
+                                      "preprocess.split.hash_distance=0",
+                                      "preprocess.split.group_by=near_duplicates",
+                                      "preprocess.split.group_by=column "
+                                      "preprocess.split.group_column=photo",
+                                      r"preprocess.split.group_by=filename_regex "
+                                      r"preprocess.split.group_regex='^(\w+)_'"])
 def test_edge_values_that_are_allowed(override):
-    load_config([override])
+    load_config(override.split(" "))
 
 
 def test_the_same_checks_run_on_params_file_overrides(project):

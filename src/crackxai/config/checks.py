@@ -9,6 +9,7 @@ value came from, and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,14 +17,19 @@ from crackxai.config.schema import (
     BASELINES,
     DATA_SOURCES,
     EXPLAIN_METHODS,
+    GROUP_BY,
+    HASH_BITS,
     MAX_SEED,
     MIN_IMAGE_SIZE,
     MODEL_NAMES,
     PRECISIONS,
     RANDOMIZE,
     Config,
+    SplitConfig,
 )
 from crackxai.core.errors import ConfigError
+from crackxai.models.sources import ALLOWED as WEIGHTS_ALLOWED
+from crackxai.models.sources import valid_spec
 from crackxai.xai.options import INPAINT_MASKERS, SEGMENTATION_ALGOS, parse_blur_kernel
 
 # key -> a phrase saying where its value came from, e.g. "from the command line"
@@ -122,6 +128,7 @@ def _check_preprocess(cfg: Config, check: _Checker) -> None:
     check(abs(total - 1.0) < 1e-6, "preprocess.split.train + preprocess.split.val + "
           "preprocess.split.test", total, "fractions summing to 1",
           "preprocess.split.train=0.7 preprocess.split.val=0.15 preprocess.split.test=0.15")
+    _check_groups(p.split, check)
     check(_fraction(p.min_good_fraction, low_open=True), "preprocess.min_good_fraction",
           p.min_good_fraction, "a number in (0, 1]")
     check(p.min_source_size >= 1, "preprocess.min_source_size", p.min_source_size,
@@ -130,11 +137,40 @@ def _check_preprocess(cfg: Config, check: _Checker) -> None:
           "an integer >= 0 (0 decodes in the main thread)")
 
 
+def _regex_problem(pattern: str | None) -> str:
+    if not pattern:
+        return "empty"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    return ""
+
+
+def _check_groups(split: SplitConfig, check: _Checker) -> None:
+    check(split.group_by in GROUP_BY, "preprocess.split.group_by", split.group_by,
+          " | ".join(GROUP_BY))
+    if split.group_by == "filename_regex":
+        problem = _regex_problem(split.group_regex)
+        check(not problem, "preprocess.split.group_regex", split.group_regex,
+              "a Python regular expression found in each image path (its first capture group is "
+              f"the group key) with preprocess.split.group_by=filename_regex ({problem})",
+              r"preprocess.split.group_regex='^[^/]+/(\w+)_\d+\.jpg$'")
+    if split.group_by == "column":
+        check(bool(split.group_column and split.group_column.strip()),
+              "preprocess.split.group_column", split.group_column,
+              "the name of a data/manifest.csv column holding a group key (e.g. a photo id), "
+              "required with preprocess.split.group_by=column", "preprocess.split.group_column=photo")
+    check(0 <= split.hash_distance < HASH_BITS, "preprocess.split.hash_distance",
+          split.hash_distance, f"an integer in [0, {HASH_BITS}) (bits of the {HASH_BITS}-bit "
+          "perceptual hash that may differ within a near-duplicate group)")
+
+
 def _check_model_and_train(cfg: Config, check: _Checker) -> None:
     m, t = cfg.model, cfg.train
     check(m.name in MODEL_NAMES, "model.name", m.name, " | ".join(MODEL_NAMES))
-    check(m.weights is None or bool(m.weights.strip()), "model.weights", m.weights,
-          "imagenet, null (random initialisation) or the path of a weights file")
+    check(valid_spec(m.weights), "model.weights", m.weights, WEIGHTS_ALLOWED,
+          "model.weights=models:/crackxai@champion")
     check(_fraction(m.dropout, high_open=True), "model.dropout", m.dropout, "a number in [0, 1)")
     check(_fraction(m.augment.translate, high_open=True), "model.augment.translate",
           m.augment.translate, "a number in [0, 1) (fraction of the image side)")

@@ -18,12 +18,13 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from crackxai.data.groups import GROUP_BY, HASH_BITS  # noqa: F401 - for the checks
 from crackxai.data.sources import SOURCES as DATA_SOURCES  # noqa: F401 - for the checks
 from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES  # noqa: F401 - for the checks
 from crackxai.xai.registry import NAMES as EXPLAIN_METHODS  # noqa: F401 - for the checks
 
 __all__ = [  # what `from crackxai.config.schema import *` (crackxai.config) re-exports
-    "BASELINES", "DATA_SOURCES", "EXPLAIN_METHODS", "MAX_SEED", "MIN_IMAGE_SIZE", "MODEL_NAMES",
+    "BASELINES", "DATA_SOURCES", "EXPLAIN_METHODS", "GROUP_BY", "HASH_BITS", "MAX_SEED", "MIN_IMAGE_SIZE", "MODEL_NAMES",
     "PRECISIONS", "RANDOMIZE", "AugmentConfig", "Config", "DataConfig", "EvaluateConfig",
     "ExplainConfig", "ExplainMetricsConfig", "FineTuneConfig", "LimeConfig", "ModelConfig",
     "PreprocessConfig", "ScorecamConfig", "SegmentationConfig", "ShapConfig", "SplitConfig",
@@ -58,6 +59,10 @@ class SplitConfig:
     train: float = MISSING
     val: float = MISSING
     test: float = MISSING
+    group_by: str = MISSING
+    group_regex: str | None = MISSING
+    group_column: str | None = MISSING
+    hash_distance: int = MISSING
 
 
 @dataclass

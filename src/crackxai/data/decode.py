@@ -10,11 +10,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from crackxai.core.errors import DataError
+from crackxai.core.progress import progress
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
+MAP_CHUNK = 1024  # files in flight per Executor.map call
 DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit, drops alpha, applies EXIF
 
 
@@ -152,8 +153,12 @@ def decode_all(jobs: list[tuple[str, str, int, int]], staged: np.ndarray,
     cv2.setNumThreads(1)
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            it = pool.map(load_row, range(len(jobs))) if workers else map(load_row, range(len(jobs)))
-            return list(tqdm(it, total=len(jobs), desc="decode+resize", unit="img"))
+            # Executor.map submits everything at once (a Future per file); in chunks, the
+            # pending Futures stay a fixed number however many files there are.
+            it = (res for start in range(0, len(jobs), MAP_CHUNK)
+                  for res in (pool.map if workers else map)(
+                      load_row, range(start, min(start + MAP_CHUNK, len(jobs)))))
+            return list(progress(it, total=len(jobs), desc="decode+resize", unit="img"))
     finally:
         cv2.setNumThreads(cv_threads)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from crackxai.core.errors import ConfigError
+from crackxai.core.progress import progress
 from crackxai.evaluation import metrics as M
 
 
@@ -61,7 +61,7 @@ def predict_proba(model: Any, images: np.ndarray, batch_size: int,
     array one batch at a time keeps memory flat however large the split is."""
     starts = range(0, len(images), batch_size)
     out = [model.predict_on_batch(np.asarray(images[i:i + batch_size], np.float32))
-           for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=len(starts) < 2)]
+           for i in progress(starts, total=len(starts), desc=f"predict {desc}", unit="batch")]
     if not out:
         return np.zeros((0, model.output_shape[-1]), np.float32)
     return np.concatenate([np.asarray(p) for p in out]).astype(np.float32)

@@ -20,6 +20,7 @@ import keras
 from keras import layers
 
 from crackxai.core.errors import CrackxaiError, first_line
+from crackxai.models.sources import IMAGENET, KERAS_SUFFIX
 
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_NOTOP_URL = (
@@ -70,13 +71,15 @@ def imagenet_reachable(host: str = "storage.googleapis.com", timeout: float = 3.
 
 
 def resolve_weights(weights: str | None) -> str | None:
-    """What to pass to `ResNet50(weights=...)`; fails fast when ImageNet weights cannot be had."""
+    """What to pass to `ResNet50(weights=...)`, or the local .keras file to warm-start from;
+    fails fast when the weights cannot be had. An MLflow model URI must have been fetched to a
+    local file first (crackxai.tracking.registry.model_file)."""
     if weights is None or str(weights).lower() in ("null", "none", ""):
         return None
-    if weights == "imagenet":
+    if weights == IMAGENET:
         cache = imagenet_cache_path()
         if cache.is_file() or imagenet_reachable():
-            return "imagenet"  # Keras loads from its cache or downloads into it
+            return IMAGENET  # Keras loads from its cache or downloads into it
         raise CrackxaiError(
             f"model.weights=imagenet: the ImageNet weights are not cached at '{cache}' and "
             f"{RESNET50_NOTOP_URL} cannot be reached (no network). Place that file at that path, "
@@ -84,11 +87,48 @@ def resolve_weights(weights: str | None) -> str | None:
         )
     path = Path(weights).expanduser()
     if not path.is_file():
+        what = ("a saved crackxai model (.keras, e.g. models/model.keras of an earlier run) or an "
+                "MLflow model URI (runs:/<run_id>/model, models:/<name>@<alias>) to warm-start "
+                "from" if str(weights).endswith(KERAS_SUFFIX)
+                else "a local ResNet50 (include_top=False) weights file")
         raise CrackxaiError(
-            f"model.weights='{weights}': no such file. Give a local ResNet50 (include_top=False) "
-            "weights file, or use model.weights=imagenet or model.weights=null."
+            f"model.weights='{weights}': no such file. Give {what}, or use "
+            "model.weights=imagenet or model.weights=null."
         )
     return str(path)
+
+
+def warm_start(model: keras.Model, source_file: str, spec: str) -> int:
+    """Copy every backbone layer's weights from the saved model `source_file` (matched by layer
+    name); the head stays freshly initialised for the new classes. Returns the layers copied.
+    `spec` is what the user gave (a path or URI), for the error message."""
+    from crackxai.models.io import load_model  # io imports keras models: only when needed
+
+    source = {layer.name: layer for layer in load_model(source_file).layers}
+    missing, mismatched, copied = [], [], 0
+    for layer in backbone_layers(model):
+        if not layer.weights:
+            continue
+        other = source.get(layer.name)
+        if other is None:
+            missing.append(layer.name)
+        elif [tuple(w.shape) for w in layer.weights] != [tuple(w.shape) for w in other.weights]:
+            mismatched.append(f"{layer.name} {[tuple(w.shape) for w in other.weights]}")
+        else:
+            layer.set_weights(other.get_weights())
+            copied += 1
+    if missing or mismatched:
+        found = "; ".join(part for part in (
+            f"{len(missing)} backbone layer(s) missing (e.g. {', '.join(missing[:3])})"
+            if missing else "",
+            f"{len(mismatched)} with other shapes (e.g. {mismatched[0]})" if mismatched else "")
+            if part)
+        raise CrackxaiError(
+            f"model.weights={spec}: '{source_file}' is not a crackxai ResNet50 model to warm-start "
+            f"from: {found}. Give a model saved by crackxai's train stage (models/model.keras or "
+            "runs:/<run_id>/model), or use model.weights=imagenet or model.weights=null."
+        )
+    return copied
 
 
 def build_model(
@@ -107,8 +147,10 @@ def build_model(
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = caffe_preprocess(inputs)
     resolved = resolve_weights(weights)
+    warm = resolved is not None and resolved.endswith(KERAS_SUFFIX)
     try:
-        backbone = keras.applications.ResNet50(include_top=False, weights=resolved, input_tensor=x)
+        backbone = keras.applications.ResNet50(include_top=False, input_tensor=x,
+                                               weights=None if warm else resolved)
     except Exception as exc:  # download failure, unreadable or mismatching weights file
         if resolved is None:
             raise
@@ -118,7 +160,7 @@ def build_model(
             f"{RESNET50_NOTOP_FILE} or one written by `.save_weights()`), or use "
             "model.weights=null."
         ) from None
-    if resolved is None:
+    if resolved is None:  # (a warm start keeps the source's statistics and momentum)
         # From random init the BatchNorm moving statistics must catch up within a few hundred
         # steps; Keras's default momentum 0.99 lags so far that validation accuracy collapses
         # to chance while training accuracy is high.
@@ -130,7 +172,10 @@ def build_model(
         x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     # float32 output keeps softmax stable under mixed precision
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, outputs, name="crackxai_resnet50")
+    model = keras.Model(inputs, outputs, name="crackxai_resnet50")
+    if warm:
+        warm_start(model, resolved, weights)
+    return model
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

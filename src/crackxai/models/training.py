@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_path, write_json, write_text
+from crackxai.core.progress import RateLogger, clock
 from crackxai.data.processed import Split, load_split
 from crackxai.models.resnet import set_backbone_trainable
 
@@ -154,6 +155,38 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_end(logs)
 
 
+class EtaLogger(keras.callbacks.Callback):
+    """For logs, not terminals: Keras's verbose=2 prints one line per epoch and nothing within
+    one (an epoch on 40,000 images on a CPU takes long), so log the progress within the epoch
+    with its ETA, and after each epoch the time left in the phase (if early stopping does not
+    end it sooner)."""
+
+    def __init__(self, phase: str, last_epoch: int):
+        super().__init__()
+        self.phase, self.last_epoch = phase, last_epoch
+        self.rate: RateLogger | None = None
+        self.durations: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.rate = RateLogger(self.params.get("steps"), f"{self.phase} epoch {epoch + 1}",
+                               "batches")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.rate is not None:
+            self.rate.update(batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.rate is None:
+            return
+        self.durations.append(self.rate.elapsed())
+        left = self.last_epoch - (epoch + 1)
+        mean = sum(self.durations) / len(self.durations)
+        logger.info(f"{self.phase}: epoch {epoch + 1}/{self.last_epoch} took "
+                    f"{clock(self.durations[-1])}" + (
+                        f"; ETA {clock(left * mean)} for the {left} epoch(s) left (less if "
+                        "early stopping ends the phase)" if left else ""))
+
+
 def write_history_csv(rows: list[dict], path: Path) -> None:
     lines = [",".join(HISTORY_COLUMNS)]
     lines += [",".join(str(row[c]) for c in HISTORY_COLUMNS) for row in rows]
@@ -256,9 +289,12 @@ def fit_phase(model: keras.Model, phase: Phase, train_ds: tf.data.Dataset,
     if meta.is_file():
         epoch = json.loads(meta.read_text())["epoch"]
         logger.info(f"{phase.name}: resuming after epoch {epoch} from {backup.backup_dir}")
+    tty = sys.stdout.isatty()  # a bar with an ETA; else one line per epoch, plus EtaLogger's
+    if not tty:
+        callbacks.append(EtaLogger(phase.name, first_epoch + phase.epochs))
     model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
               epochs=first_epoch + phase.epochs, callbacks=callbacks, shuffle=False,
-              verbose=1 if sys.stdout.isatty() else 2)
+              verbose=1 if tty else 2)
 
 
 def run_phases(model: keras.Model, plan: list[Phase], train_ds: tf.data.Dataset,

@@ -16,7 +16,11 @@ writes `data/processed/` (format: crackxai.data.processed) plus `reports/data_qu
 3. Images are resized to `preprocess.image_size` with cv2.INTER_AREA. Crack masks, where the
    source has them, are area-resized and thresholded at > 0 so one-pixel cracks survive.
 4. A stratified split seeded by `seed`. Duplicates are removed first, so no content hash can land
-   in two splits. Rows of each split are in a seeded random order (any prefix mixes the classes).
+   in two splits. With `preprocess.split.group_by` (near_duplicates, filename_regex, column; see
+   crackxai.data.groups) images of one group never straddle two splits, and the split is
+   stratified by class as far as the groups allow; `groups` in the report gives their count, the
+   largest, and how many straddle splits in this split and would in a random one. Rows of each
+   split are in a seeded random order (any prefix mixes the classes).
 
 Caveat: the 40,000 patches of the surface-crack dataset are 227x227 crops of 458 photos, and no
 photo IDs are published, so crops of one photo can land in train and test. Test accuracy is then
@@ -40,6 +44,14 @@ from crackxai.core.io import atomic_dir, write_json
 from crackxai.core.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR
 from crackxai.data.curation import deduplicate, quality_report, split_summary, stratified_split
 from crackxai.data.decode import decode_rows
+from crackxai.data.groups import (
+    check_column,
+    check_regex_matches,
+    find_groups,
+    group_split,
+    group_summary,
+    straddles,
+)
 from crackxai.data.kaggle import LEAK_CAVEAT
 from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
 from crackxai.data.processed import SPLITS, write_classes, write_split
@@ -61,6 +73,11 @@ def main(cfg: Config) -> dict[str, Any]:
     n = len(rows)
     if n == 0:
         raise DataError(f"'{MANIFEST}' lists no images. {RERUN_DOWNLOAD}.")
+    group_by = p.split.group_by
+    if group_by == "filename_regex":  # before any decoding: a regex that groups nothing fails
+        check_regex_matches(rows["path"].tolist(), p.split.group_regex, str(MANIFEST))
+    if group_by == "column":
+        check_column(list(rows.columns), p.split.group_column, str(MANIFEST))
     log(STAGE, f"{n} files in {len(classes)} classes {classes} from {MANIFEST}; decoding -> "
                f"{size}x{size} RGB with {p.workers or 'no'} worker thread(s)")
 
@@ -98,9 +115,33 @@ def main(cfg: Config) -> dict[str, Any]:
                 f"{RAW_DIR / classes[int(counts.argmin())]} (or its source), then rerun download."
             ))
 
-        # 3. Split and write each split's arrays, gathered from the staging arrays in chunks.
+        # 3. Groups, the split (no group in two splits) and each split's arrays, gathered from
+        # the staging arrays in chunks.
         fractions = {"train": p.split.train, "val": p.split.val, "test": p.split.test}
-        splits = {s: keep[idx] for s, idx in stratified_split(kept_labels, fractions, cfg.seed).items()}
+        kept_rows = rows.iloc[keep]
+        groups = find_groups(group_by, kept_rows["path"].tolist(), staged, keep,
+                             kept_rows[p.split.group_column].tolist() if group_by == "column"
+                             else None, p.split.group_regex, p.split.hash_distance)
+        random_split = stratified_split(kept_labels, fractions, cfg.seed)
+        chosen = (random_split if group_by == "none"
+                  else group_split(kept_labels, groups, fractions, cfg.seed))
+        report["groups"] = {"by": group_by, **group_summary(groups),
+                            "straddles": straddles(groups, chosen),
+                            "straddles_random_split": straddles(groups, random_split)}
+        log(STAGE, f"groups ({group_by}): {report['groups']['count']}, largest "
+                   f"{report['groups']['largest']}; {report['groups']['straddles_random_split']} "
+                   f"would straddle splits in a random split, {report['groups']['straddles']} do")
+        empty = [s for s, idx in chosen.items() if len(idx) == 0]
+        if empty:
+            _fail(report, (
+                f"preprocess.split.group_by={group_by} leaves the {', '.join(empty)} split(s) "
+                f"empty: the {len(keep)} images form only {report['groups']['count']} group(s) "
+                f"(the largest has {report['groups']['largest']} images) and a group cannot be "
+                f"divided. See 'groups' in '{DATA_QUALITY}'; use a finer grouping (a smaller "
+                "preprocess.split.hash_distance, another group_regex or group_column) or more "
+                "data."
+            ))
+        splits = {s: keep[idx] for s, idx in chosen.items()}
         hashes = [set(rows["sha256"].to_numpy()[idx]) for idx in splits.values()]
         assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2]), \
             "a content hash is in two splits"

@@ -8,6 +8,8 @@ Phase 1 trains the head with the backbone frozen (pretrained weights) or the who
 `train.fine_tune.unfreeze` and `train.fine_tune.epochs` are both > 0, fine-tunes the top
 `unfreeze` ResNet stages at `train.fine_tune.lr` with BatchNorm kept in inference mode. Epochs are
 numbered continuously across phases (1-based) in reports/train_history.csv and in MLflow.
+`model.weights` may also name a saved model (a .keras file, `runs:/...`, `models:/name@alias`):
+its backbone is the starting point (crackxai.models.resnet.warm_start), the head is new.
 
 A killed run resumes when rerun: models/.train_state holds Keras's BackupAndRestore state per
 phase, the history so far, the best checkpoint and the MLflow run id, and is removed after a
@@ -43,6 +45,7 @@ from crackxai.core.paths import (
 from crackxai.data.processed import Split
 from crackxai.models.io import inference_model, save_model
 from crackxai.models.resnet import build_model, resolve_weights
+from crackxai.models.sources import is_warm_start
 from crackxai.models.training import (
     configure_runtime,
     load_train_val,
@@ -53,7 +56,7 @@ from crackxai.models.training import (
     write_history_csv,
 )
 from crackxai.tracking.keras_logger import MlflowLogger
-from crackxai.tracking.registry import check_classes, gradcam_settings, log_model
+from crackxai.tracking.registry import check_classes, gradcam_settings, log_model, model_file
 from crackxai.tracking.runs import (
     connect,
     resolve_tracking_uri,
@@ -85,10 +88,13 @@ def main(cfg: Config) -> dict[str, Any]:
     check_classes(train.classes)  # the served model's column names: before, not after, training
     log(STAGE, f"data: {len(train)} train / {len(val)} val images {size}x{size} from "
                f"{PROCESSED_DIR}, classes {train.classes} (output index = position)")
-    # resolve_weights also fails fast on unavailable weights (no network, missing file).
-    plan = plan_phases(resolve_weights(m.weights) is not None, t.epochs, t.lr,
-                       t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
     root = project_root()  # the MLflow store's home: DVC_ROOT for queued experiments
+    # A warm start's MLflow model URI becomes a local .keras file; resolve_weights fails fast on
+    # unavailable weights (no network, missing file, bad URI), all before any training work.
+    weights = (model_file(m.weights, resolve_tracking_uri(cfg.tracking.uri, root))
+               if is_warm_start(m.weights) else m.weights)
+    plan = plan_phases(resolve_weights(weights) is not None, t.epochs, t.lr,
+                       t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
     connect(resolve_tracking_uri(cfg.tracking.uri, root), cfg.tracking.experiment)  # fails fast
 
     state_dir = TRAIN_STATE_DIR
@@ -103,8 +109,10 @@ def main(cfg: Config) -> dict[str, Any]:
                f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
                f"train state in {state_dir}")
     try:
-        log(STAGE, f"building ResNet50 (weights={m.weights}, {t.precision})")
-        model = build_model(len(train.classes), size, m.weights, m.dropout, seed=cfg.seed)
+        log(STAGE, f"building ResNet50 (weights={m.weights}"
+                   + (f", backbone from {weights}, new head" if is_warm_start(m.weights) else "")
+                   + f", {t.precision})")
+        model = build_model(len(train.classes), size, weights, m.dropout, seed=cfg.seed)
         # augmentation in the input pipeline (train only), not in the saved model
         train_ds = make_dataset(train, t.batch_size, shuffle_seed=cfg.seed, flip=m.augment.flip,
                                 translate=m.augment.translate, augment_seed=cfg.seed)

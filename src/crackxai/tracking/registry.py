@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crackxai.core.errors import CrackxaiError
+from crackxai.models.sources import is_model_uri
 from crackxai.tracking.runs import redact
 
 if TYPE_CHECKING:
@@ -240,12 +241,7 @@ def promote_best(client: Any, runs: list[Any], metric: str, name: str,
     return best, version
 
 
-MODEL_URI_SCHEMES = ("runs:/", "models:/")
 KERAS_FILE_IN_MODEL = f"artifacts/{KERAS_NAME}"  # where mlflow.pyfunc puts the artifact
-
-
-def is_model_uri(spec: str | os.PathLike[str]) -> bool:
-    return str(spec).startswith(MODEL_URI_SCHEMES)
 
 
 def model_file(spec: str | os.PathLike[str], tracking_uri: str | None = None) -> str:
