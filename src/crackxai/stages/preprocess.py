@@ -40,7 +40,7 @@ from crackxai.core.io import atomic_dir, write_json
 from crackxai.core.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR
 from crackxai.data.curation import deduplicate, quality_report, split_summary, stratified_split
 from crackxai.data.decode import decode_rows
-from crackxai.data.kaggle import LEAK_CAVEAT
+from crackxai.data.kaggle import LEAK_CAVEAT, is_kaggle_data
 from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
 from crackxai.data.processed import SPLITS, write_classes, write_split
 
@@ -72,7 +72,8 @@ def main(cfg: Config) -> dict[str, Any]:
         # 2. Quality report and de-duplication.
         keep, duplicates, conflicts = deduplicate(rows)
         report = quality_report(rows, keep, duplicates, conflicts, classes, p.min_good_fraction,
-                                size, cfg.seed, LEAK_CAVEAT)
+                                size, cfg.seed,
+                                LEAK_CAVEAT if is_kaggle_data(rows) else "")
         log(STAGE, f"{report['good']}/{n} good ({report['good_fraction']:.1%}), "
                    f"{report['rejected']} rejected {report['rejected_by_reason']}, "
                    f"{report['duplicates']} duplicates, {report['cross_class_conflicts']} files "

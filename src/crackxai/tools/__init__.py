@@ -3,4 +3,4 @@
 Each tool module has `main(argv)`; TOOLS is the one place their command names are spelled.
 """
 
-TOOLS = ("evaluate_folder", "explain_image", "compare", "pipeline", "params")
+TOOLS = ("evaluate_folder", "explain_image", "compare", "pipeline", "params", "scorecard")
