@@ -154,14 +154,18 @@ def test_crack_sample_is_recognised_as_a_kaggle_copy(crack_sample: Path):
 
 
 def test_slic_segment_count_does_not_depend_on_image_size():
+    """SLIC gives about n_segments superpixels at any size (measured on real crack photos: 40-49
+    at 64 px and 34-48 at 150 px, where quickshift makes 2-5 and 16-23)."""
+    import cv2
+
     from crackxai.xai.lime import segmenter
 
+    seg = {"algo": "slic", "n_segments": 50, "compactness": 10.0, "sigma": 1.0,
+           "kernel_size": 4, "max_dist": 200, "ratio": 0.2}
     rng = np.random.default_rng(0)
-    counts = {}
-    for size in (64, 150):
-        image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        seg = {"algo": "slic", "n_segments": 50, "compactness": 10.0, "sigma": 1.0,
-               "kernel_size": 4, "max_dist": 200, "ratio": 0.2}
-        counts[size] = len(np.unique(segmenter(seg, 0)(image)))
-    assert 15 <= counts[64] <= 100 and 15 <= counts[150] <= 100  # about n_segments at any size
-    assert counts[150] / counts[64] < 2  # not in proportion to the area (5.5x)
+    for size in (64, 150):  # a smooth texture (white noise would be one flat Lab cloud)
+        image = cv2.GaussianBlur(rng.random((size, size, 3)).astype(np.float32), (0, 0),
+                                 size / 16)
+        image = (255 * (image - image.min()) / np.ptp(image)).astype(np.uint8)
+        count = len(np.unique(segmenter(seg, 0)(image)))
+        assert 30 <= count <= 70, (size, count)

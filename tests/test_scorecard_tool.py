@@ -20,8 +20,9 @@ N_POS = 6
 
 def local_masked_set(root: Path, real_masks: Path, crack_sample: Path | None) -> Path:
     """Positive/ = real photos (symlinks), _masks/Positive/ = their masks, Negative/ = Kaggle
-    negatives (or the same photos flipped when the sample is absent)."""
-    images = sorted((real_masks / "images").iterdir())[:N_POS]
+    negatives (without the sample: other real photos, left without a mask)."""
+    photos = sorted((real_masks / "images").iterdir())
+    images = photos[:N_POS]
     (root / "Positive").mkdir(parents=True)
     (root / "_masks" / "Positive").mkdir(parents=True)
     (root / "Negative").mkdir()
@@ -29,7 +30,8 @@ def local_masked_set(root: Path, real_masks: Path, crack_sample: Path | None) ->
         (root / "Positive" / f.name).symlink_to(f)
         (root / "_masks" / "Positive" / f"{f.stem}.png").symlink_to(
             real_masks / "masks" / f"{f.stem}.png")
-    negatives = sorted((crack_sample / "Negative").iterdir())[:N_POS] if crack_sample else []
+    negatives = (sorted((crack_sample / "Negative").iterdir())[:N_POS] if crack_sample
+                 else photos[N_POS:2 * N_POS])
     for f in negatives:
         (root / "Negative" / f"neg_{f.name}").symlink_to(f)
     return root
@@ -39,10 +41,13 @@ def test_masked_folder_both_layouts(real_masks: Path, tmp_path: Path):
     paired = masked_folder(real_masks, "Positive")
     assert len(paired) == 244 and all(m is not None and c == "Positive" for _, m, c in paired)
     local = masked_folder(local_masked_set(tmp_path / "set", real_masks, None), "Positive")
-    assert [c for _, _, c in local] == ["Positive"] * N_POS  # Negative/ empty here is not listed
-    assert all(m is not None and m.name == f"{i.stem}.png" for i, m, _ in local)
+    assert [c for _, _, c in local] == ["Negative"] * N_POS + ["Positive"] * N_POS
+    assert all(m is None for _, m, c in local if c == "Negative")  # no mask: scored null
+    assert all(m is not None and m.name == f"{i.stem}.png" for i, m, c in local
+               if c == "Positive")
 
 
+@pytest.mark.slow  # download + preprocess in-process: ~1 min on 2 busy cores
 def test_local_masks_survive_download_and_preprocess(project: Path, real_masks: Path,
                                                      crack_sample: Path):
     from crackxai.config.entry import run_stage
@@ -84,6 +89,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # every metric incl. the cascade on 4 real photos: minutes on 2 cores
 def test_scorecard_tool_on_real_masks(project: Path, real_masks: Path, tiny_model: Path):
     from crackxai.tools import scorecard as tool
 
