@@ -201,12 +201,24 @@ def block_text(card: dict[str, Any], how: str) -> str:
             + scorecard.markdown(card, n_images=n))
 
 
+def _without_readme(argv: list[str]) -> list[str]:
+    """The arguments that made the table: --readme and --block (with their values) left out."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--readme", "--block"):
+            skip = True
+        elif not a.startswith(("--readme=", "--block=")):
+            out.append(a)
+    return out
+
+
 @command(STAGE)
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     how = "python -m crackxai.scorecard " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-        if not a.startswith("--readme") and a != str(args.readme))
+        shlex.quote(a) for a in _without_readme(sys.argv[1:] if argv is None else argv))
     if args.from_report is not None:
         path = args.from_report / "scorecard.json"
         if not path.is_file():
