@@ -131,7 +131,7 @@ def rank_methods(summary: Mapping[str, Mapping[str, Mapping[str, Any]]],
     for name in RANKED:
         means = pd.Series({m: summary[m][name]["mean"] for m in methods
                            if summary[m][name]["mean"] is not None}, dtype=float)
-        if len(means) < 2:
+        if means.empty:
             continue
         r = means.rank(ascending=BY_NAME[name].better == "lower", method="average")
         for m, value in r.items():
