@@ -41,7 +41,7 @@ Make = Callable[["keras.Model", Predict, int], Explainer]
 class Reruns:
     """Which rerun metrics, on how many images, and how (the explain.metrics.reruns settings)."""
 
-    images: int = 2
+    images: int = 1
     random_logit: bool = True
     max_sensitivity_samples: int = 3
     max_sensitivity_radius: float = 5.0
