@@ -56,8 +56,8 @@ from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.tracking.runs import config_params, read_run_file, redact, resume_model_run
 from crackxai.xai import metrics as EM
-from crackxai.xai import registry, render, scorecard
-from crackxai.xai.assess import assess
+from crackxai.xai import registry, scorecard
+from crackxai.xai.assess import assess, write_outputs
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.report import report_html
 from crackxai.xai.selection import explicit_images, select
@@ -151,18 +151,8 @@ def main(cfg: Config) -> dict[str, Any]:
         metrics = {**scorecard.means(card), "images": {
             "n": len(sel.rows), "misclassified": int(sel.info["misclassified"].sum()),
             "with_mask": int(sel.info["has_mask"].sum())}}
-        write_text(out / "per_image.csv", result.per_image.to_csv(index=False))
-        write_json(out / "scorecard.json", card)
-        write_text(out / "scorecard.csv", scorecard.table(card).to_csv(index=False))
-        write_text(out / "scorecard.md", scorecard.markdown(card, n_images=len(sel.rows)))
-        scorecard.chart(card, out / "scorecard.png")
-        write_text(out / "cascading.csv", result.cascading.to_csv(index=False))
-        scorecard.cascading_chart(result.cascading, out / "cascading.png")  # empty when off
+        shown = write_outputs(out, result, card, sel, e.grid_images)
         write_json(out / "metrics.json", metrics)
-        shown = render.grid_rows(len(sel.rows), e.grid_images)
-        titles = sel.row_titles()
-        render.comparison_grid(sel.images[shown], {m: v[shown] for m, v in result.maps.items()},
-                               [titles[i] for i in shown], out / "grid.png")
         run_info = {"model run": model_run, "explain run": run.info.run_id,
                     **({"CAM layer": layer} if layer else {}),
                     "tracking store": redact(mlflow.get_tracking_uri())}
@@ -170,7 +160,7 @@ def main(cfg: Config) -> dict[str, Any]:
         write_text(out / "index.html", report_html(
             out, card, metrics["images"], classes=test.classes, image_size=test.images.shape[1],
             quality=quality, reruns=reruns, configuration=configuration, run_info=run_info,
-            kaggle=kaggle, grid_shown=len(shown)))
+            kaggle=kaggle, grid_shown=shown))
         log_to_mlflow(card, out)
     log(STAGE, f"wrote {EXPLAIN_DIR}/ (grid.png, index.html, metrics.json, per_image.csv, "
                f"scorecard.*, maps/, overlays/); MLflow run {run.info.run_id} nested under the "

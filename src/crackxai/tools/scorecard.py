@@ -39,7 +39,7 @@ from crackxai.config import Config, check_methods, load_config
 from crackxai.config.explain import explainer_factory, quality_settings, rerun_settings
 from crackxai.core.entry import command, log
 from crackxai.core.errors import CrackxaiError, DataError
-from crackxai.core.io import staged_outputs, write_json, write_text
+from crackxai.core.io import staged_outputs, write_text
 from crackxai.data.decode import decode_image, decode_mask
 from crackxai.data.local import masked_folder
 from crackxai.data.processed import Split
@@ -124,8 +124,8 @@ def run_scorecard(cfg: Config, model_path: Path, data: Path, out: Path, classes:
     from crackxai.models.io import load_model
     from crackxai.models.predictor import Predictor
     from crackxai.xai import metrics as EM
-    from crackxai.xai import registry, render, scorecard
-    from crackxai.xai.assess import assess
+    from crackxai.xai import registry, scorecard
+    from crackxai.xai.assess import assess, write_outputs
     from crackxai.xai.cam import resolve_layer
     from crackxai.xai.selection import select
 
@@ -164,17 +164,7 @@ def run_scorecard(cfg: Config, model_path: Path, data: Path, out: Path, classes:
         card["images"] = {"n": len(sel.rows), "with_mask": int(sel.info["has_mask"].sum()),
                           "misclassified": int(sel.info["misclassified"].sum()),
                           "image_size": int(size), "data": str(data), "model": str(model_path)}
-        write_text(staging / "per_image.csv", result.per_image.to_csv(index=False))
-        write_json(staging / "scorecard.json", card)
-        write_text(staging / "scorecard.csv", scorecard.table(card).to_csv(index=False))
-        write_text(staging / "scorecard.md", scorecard.markdown(card, n_images=len(sel.rows)))
-        scorecard.chart(card, staging / "scorecard.png")
-        write_text(staging / "cascading.csv", result.cascading.to_csv(index=False))
-        scorecard.cascading_chart(result.cascading, staging / "cascading.png")
-        shown = render.grid_rows(len(sel.rows), e.grid_images)
-        titles = sel.row_titles()
-        render.comparison_grid(sel.images[shown], {m: v[shown] for m, v in result.maps.items()},
-                               [titles[i] for i in shown], staging / "grid.png")
+        write_outputs(staging, result, card, sel, e.grid_images)
     return card
 
 

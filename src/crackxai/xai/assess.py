@@ -201,3 +201,25 @@ def assess(makes: Mapping[str, Make], model: keras.Model,
         joined = pd.DataFrame(extra).groupby(["row", "method"], sort=False).first().reset_index()
         per_image = per_image.merge(joined, on=["row", "method"], how="left")
     return Assessment(per_image, pd.DataFrame(curve), maps)
+
+
+def write_outputs(out: Path, result: Assessment, card: dict[str, Any], sel: Selection,
+                  grid_images: int) -> int:
+    """The files of an assessment in `out`: per_image.csv, scorecard.{json,csv,md,png},
+    cascading.{csv,png} (an empty chart when the cascade was off) and grid.png with
+    `grid_images` of the images, evenly spaced; returns how many the grid shows."""
+    from crackxai.core.io import write_json, write_text
+    from crackxai.xai import render, scorecard
+
+    write_text(out / "per_image.csv", result.per_image.to_csv(index=False))
+    write_json(out / "scorecard.json", card)
+    write_text(out / "scorecard.csv", scorecard.table(card).to_csv(index=False))
+    write_text(out / "scorecard.md", scorecard.markdown(card, n_images=len(sel.rows)))
+    scorecard.chart(card, out / "scorecard.png")
+    write_text(out / "cascading.csv", result.cascading.to_csv(index=False))
+    scorecard.cascading_chart(result.cascading, out / "cascading.png")
+    shown = render.grid_rows(len(sel.rows), grid_images)
+    titles = sel.row_titles()
+    render.comparison_grid(sel.images[shown], {m: v[shown] for m, v in result.maps.items()},
+                           [titles[i] for i in shown], out / "grid.png")
+    return len(shown)
