@@ -118,7 +118,9 @@ def load_folder(data: Path, classes: list[str], crack_class: str, size: int, n: 
 
 
 def run_scorecard(cfg: Config, model_path: Path, data: Path, out: Path, classes: list[str],
-                  crack_class: str, n: int | None) -> dict[str, Any]:
+                  crack_class: str, n: int | None, how: str = "") -> dict[str, Any]:
+    """Explain the folder, measure, write the files into `out` (swapped in whole); the card,
+    with the image counts and the command that made it (`how`)."""
     import keras
 
     from crackxai.models.io import load_model
@@ -164,6 +166,7 @@ def run_scorecard(cfg: Config, model_path: Path, data: Path, out: Path, classes:
         card["images"] = {"n": len(sel.rows), "with_mask": int(sel.info["has_mask"].sum()),
                           "misclassified": int(sel.info["misclassified"].sum()),
                           "image_size": int(size), "data": str(data), "model": str(model_path)}
+        card["command"] = how
         write_outputs(staging, result, card, sel, e.grid_images)
     return card
 
@@ -186,7 +189,8 @@ def block_text(card: dict[str, Any], how: str) -> str:
     n = images.get("n")
     what = (f"{n} images, {images.get('with_mask', '?')} with a crack mask"
             + (f", {images['image_size']} px" if "image_size" in images else ""))
-    return (f"Generated {datetime.date.today().isoformat()} by `{how}` ({what}); mean "
+    made = card.get("command") or how  # a table rendered --from-report names its real command
+    return (f"Generated {datetime.date.today().isoformat()} by `{made}` ({what}); mean "
             f"[{card['confidence']:.0%} bootstrap interval], n where fewer images count:\n\n"
             + scorecard.markdown(card, n_images=n))
 
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         check_methods(list(cfg.explain.methods))
         out = args.out or Path("reports", "scorecard", args.data.resolve().name)
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-        card = run_scorecard(cfg, args.model, args.data, out, classes, args.crack_class, args.n)
+        card = run_scorecard(cfg, args.model, args.data, out, classes, args.crack_class, args.n,
+                             how)
         log(STAGE, f"wrote {out}/ (scorecard.md, scorecard.json, per_image.csv, ...)")
     print(block_text(card, how))
     if args.readme is not None:
