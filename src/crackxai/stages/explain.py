@@ -166,7 +166,8 @@ def main(cfg: Config) -> dict[str, Any]:
                f"scorecard.*, maps/, overlays/); MLflow run {run.info.run_id} nested under the "
                "model's run")
     for row in card["methods"]:
-        log(STAGE, f"{row['method']} (rank {row['rank']}): {row['verdict']}")
+        rank = "-" if row["rank"] is None else f"{row['rank']:.2f}"
+        log(STAGE, f"{row['method']} (mean rank {rank}): {row['verdict']}")
     return metrics
 
 

@@ -8,7 +8,8 @@ metrics at once with NumPy. Images where a metric does not exist (no mask; not i
 a constant map) are left out, and `n` says how many counted; no image -> None (JSON null), never 0.
 
 The rank is the mean of a method's ranks over the RANKED metrics it has (1 = best on that metric,
-ties share the average rank); the random baseline is shown but not ranked. Verdict thresholds are
+ties share the average rank); the table lists methods by it, those whose verdict disqualifies them
+(DISQUALIFIED) last; the random baseline is shown but not ranked. Verdict thresholds are
 the constants below; each verdict names the figure it rests on.
 """
 
@@ -79,6 +80,7 @@ RANDOMISATION_MAX_ABS_RHO = 0.5
 # Mean seed-to-seed Spearman rho below this: the map explains the sampler as much as the model.
 SEED_STABILITY_MIN = 0.5
 ROC_CHANCE = 0.5
+DISQUALIFIED = ("fails the randomisation test", "no more faithful than a random map")
 
 
 def bootstrap_mean(values: Iterable[float | None], *, confidence: float = CONFIDENCE,
@@ -195,7 +197,9 @@ def scorecard(per_image: pd.DataFrame, methods: Sequence[str], *, seed: int = 0,
     baseline = summary.get(RANDOM_BASELINE)
     rows = [{"method": m, "rank": ranks[m], "verdict": verdict(summary[m], baseline),
              "metrics": summary[m]} for m in present]
-    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0.0, r["method"]))
+    # a method not to trust at all (randomisation, faithfulness) goes below every other
+    rows.sort(key=lambda r: (r["verdict"].startswith(DISQUALIFIED), r["rank"] is None,
+                             r["rank"] or 0.0, r["method"]))
     return {"methods": rows, RANDOM_BASELINE: baseline, "confidence": confidence,
             "n_resamples": n_resamples}
 
