@@ -65,16 +65,17 @@ def comparison_grid(
     browser scaled the figure down)."""
     methods = list(maps_by_method)
     n_rows, n_cols = len(images), 1 + len(methods)
-    title_width = 1.5  # inches, the row-title column
-    fig = Figure(figsize=(title_width + 1.6 * n_cols, 1.75 * n_rows + 0.5))
+    title_width, head = 2.2, 0.9  # inches: the row-title column, the space above the first row
+    height = 1.75 * n_rows + head
+    fig = Figure(figsize=(title_width + 1.6 * n_cols, height))
     FigureCanvasAgg(fig)  # files only: the Agg canvas, whatever pyplot's backend is
     grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[title_width] + [1.6] * n_cols,
-                            left=0.005, right=0.995, top=1 - 0.5 / (1.75 * n_rows + 0.5),
+                            left=0.005, right=0.995, top=1 - head / height,
                             bottom=0.01, wspace=0.04, hspace=0.08)
     for i, image in enumerate(images):
         label = fig.add_subplot(grid[i, 0])
         label.axis("off")
-        label.text(1.0, 0.5, titles[i], fontsize=11, ha="right", va="center",
+        label.text(0.97, 0.5, titles[i], fontsize=11, ha="right", va="center",
                    transform=label.transAxes)
         cells = [image] + [overlay(image, maps_by_method[m][i], alpha) for m in methods]
         for j, cell in enumerate(cells):
@@ -86,7 +87,7 @@ def comparison_grid(
                 ax.set_title("image" if j == 0 else methods[j - 1], fontsize=12,
                              fontweight="bold")
     fig.suptitle("Positive evidence for the explained class (jet: blue = none, red = strongest)",
-                 fontsize=11)
+                 fontsize=11, y=1 - 0.12 / height, va="top")
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
