@@ -27,7 +27,7 @@ else
 $(error TF must be cpu or gpu, not '$(TF)')
 endif
 
-.PHONY: setup setup-gpu run test test-slow lint params bench clean
+.PHONY: setup setup-gpu run test test-slow lint params bench clean readme-scorecard
 
 setup:  ## install the locked environment into .venv (TF=gpu: the CUDA build of TensorFlow)
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -51,6 +51,14 @@ lint: setup
 
 params: setup  ## regenerate params.yaml from conf/ (as `dvc exp run` does)
 	$(UV) run --frozen $(UV_GROUPS) python -m crackxai.params
+
+# The README's explanation tables, generated: the default model on the real masked photos beside the
+# checkout (all 244; CPU-heavy, e.g. SCORECARD_ARGS="--n 200 explain.methods=[gradcam,lime]") and the
+# scorecard of the last explain stage run (reports/explain).
+SCORECARD_ARGS ?=
+readme-scorecard: setup  ## regenerate the README's explanation tables (python -m crackxai.scorecard)
+	$(UV) run --frozen $(UV_GROUPS) python -m crackxai.scorecard --model models/model.keras --data ../shared/real-masks $(SCORECARD_ARGS) --readme README.md --block real-masks
+	$(UV) run --frozen $(UV_GROUPS) python -m crackxai.scorecard --from-report reports/explain --readme README.md --block synthetic
 
 clean:
 	rm -rf data/raw data/processed data/manifest.csv models/model.keras models/.train_state reports

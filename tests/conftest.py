@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "crack-sample"
+SHARED_MASKS = REPO.parent / "shared" / "real-masks"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -37,3 +38,13 @@ def crack_sample() -> Path:
         pytest.skip(f"real-image sample not found at {SHARED_SAMPLE} (only present in the "
                     "project's own workplace; never copied into the repo)")
     return SHARED_SAMPLE
+
+
+@pytest.fixture
+def real_masks() -> Path:
+    """244 real crack photos with human masks beside the checkout (../shared/real-masks: images/
+    and masks/, same stem); skip when absent."""
+    if not (SHARED_MASKS / "images").is_dir() or not (SHARED_MASKS / "masks").is_dir():
+        pytest.skip(f"real masked images not found at {SHARED_MASKS} (only present in the "
+                    "project's own workplace; never copied into the repo)")
+    return SHARED_MASKS

@@ -23,13 +23,13 @@ from crackxai.core.errors import ConfigError
 from crackxai.core.io import staged_outputs
 from crackxai.data.processed import write_classes, write_split
 from crackxai.stages import explain
-from crackxai.xai import scoring, selection
+from crackxai.xai import scorecard, selection
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 CLASSES = ["Negative", "Positive"]
 N_TEST = 8
-METRIC_KEYS = set(scoring.METRICS)
+METRIC_KEYS = {m.name for m in scorecard.METRICS}
 LOCALISATION = ("pointing_game", "energy_pointing_game", "topk_iou")
 
 
@@ -193,7 +193,9 @@ def check_outputs(project: Path, methods: list[str]) -> dict:
     """The files the stage promises, for `methods`; returns metrics.json."""
     out = project / "reports" / "explain"
     assert {p.name for p in out.iterdir()} - {".gitignore"} == {
-        "maps", "overlays", "grid.png", "index.html", "per_image.csv", "metrics.json"}
+        "maps", "overlays", "grid.png", "index.html", "per_image.csv", "metrics.json",
+        "scorecard.json", "scorecard.csv", "scorecard.md", "scorecard.png", "cascading.csv",
+        "cascading.png"}
     assert sorted(p.name for p in (out / "maps").iterdir()) == sorted(methods)
     for method in methods:
         assert sorted(p.name for p in (out / "maps" / method).iterdir()) == ["000_0.npy",
@@ -218,7 +220,8 @@ def check_outputs(project: Path, methods: list[str]) -> dict:
         assert values["evals_per_image"] >= 1 and values["seconds_per_image"] > 0
         for key in LOCALISATION:  # one image has a mask: a number, never null
             assert 0 <= values[key] <= 1
-    assert set(metrics["random_baseline"]) == {"deletion_auc", "insertion_auc", *LOCALISATION}
+    assert set(metrics["random_baseline"]) == {
+        m.name for m in scorecard.METRICS if m.group in ("localisation", "faithfulness")}
 
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == 2 * (len(methods) + 1)
@@ -274,13 +277,52 @@ def test_stage_outputs_and_metrics(stage):
 
 def test_index_html_is_self_contained(stage):
     page = (stage["project"] / "reports" / "explain" / "index.html").read_text()
-    assert "458 photos" in page and stage["run_id"] in page
+    assert "458 photos" not in page  # synthetic data: no Kaggle caveat
+    assert stage["run_id"] in page
     assert "max_misclassified" in page  # the explain configuration
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<script" not in page and "<link" not in page
     for method in [*FAST, "random_baseline"]:
         assert f"<th>{method}</th>" in page
+
+
+def test_scorecard_every_metric_with_intervals(stage):
+    """Every scorecard metric per method with an interval, in scorecard.json, the HTML page and
+    MLflow: threshold-free localisation on the masked image only, the reruns and the cascade on
+    explain.metrics.reruns.images (2) images."""
+    import mlflow
+
+    out = stage["project"] / "reports" / "explain"
+    card = json.loads((out / "scorecard.json").read_text())
+    assert [r["method"] for r in card["methods"]] and card["confidence"] == 0.95
+    for row in card["methods"]:
+        m = row["metrics"]
+        assert row["verdict"] and row["rank"] is not None
+        for key in ("roc_auc", "relevance_rank_accuracy", "relevance_mass_accuracy"):
+            assert m[key]["n"] == 1 and 0 <= m[key]["mean"] <= 1  # one masked image
+        for key in ("sparseness", "complexity", "deletion_auc", "seconds_per_image"):
+            assert m[key]["n"] == 2 and m[key]["low"] <= m[key]["mean"] <= m[key]["high"]
+        for key in ("random_logit_ssim", "max_sensitivity", "seed_stability",
+                    "cascading_abs_rho"):
+            assert m[key]["n"] >= 1, (row["method"], key)  # NaN only for a constant map
+    assert card["methods"][0]["metrics"]["seed_stability"]["mean"] is not None
+    gradcam = next(r for r in card["methods"] if r["method"] == "gradcam")["metrics"]
+    assert gradcam["seed_stability"]["mean"] == pytest.approx(1.0)  # deterministic
+    curve = pd.read_csv(out / "cascading.csv")
+    assert list(dict.fromkeys(curve["block"])) == ["head", "conv5", "conv4", "conv3", "conv2",
+                                                   "conv1"]
+    assert set(curve["method"]) == set(FAST)
+    page = (out / "index.html").read_text()
+    assert "Scorecard" in page and "scorecard chart" in page and "Cascading" in page
+    assert "overflow-x: auto" in page
+    client = mlflow.MlflowClient(f"sqlite:///{stage['project'] / 'mlflow.db'}")
+    child = client.search_runs([client.get_run(stage["run_id"]).info.experiment_id],
+                               f"tags.mlflow.parentRunId = '{stage['run_id']}'")[0]
+    assert "explain/lime/rank" in child.data.metrics
+    assert "explain/gradcam/deletion_auc_low" in child.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"scorecard.json", "scorecard.md", "scorecard.png", "cascading.png"} <= artifacts
 
 
 def test_nested_mlflow_run(stage):

@@ -205,6 +205,7 @@ def _check_explain(cfg: Config, check: _Checker, origin: Origin) -> None:
           "explain.n_images images automatically)")
     check(e.n_images > 0 or bool(e.images), "explain.n_images", e.n_images,
           "a positive integer (or a non-empty explain.images list)")
+    check(e.grid_images >= 1, "explain.grid_images", e.grid_images, "an integer >= 1")
     check(e.max_misclassified >= 0, "explain.max_misclassified", e.max_misclassified,
           "an integer >= 0 (misclassified images among the ones chosen)")
     check(e.target is None or e.target >= 0, "explain.target", e.target,
@@ -231,6 +232,12 @@ def _check_explain(cfg: Config, check: _Checker, origin: Origin) -> None:
     check(lime.batch_size > 0, "explain.lime.batch_size", lime.batch_size, "a positive integer")
     check(seg.algo in SEGMENTATION_ALGOS, "explain.lime.segmentation.algo", seg.algo,
           " | ".join(SEGMENTATION_ALGOS))
+    check(seg.n_segments >= 2, "explain.lime.segmentation.n_segments", seg.n_segments,
+          "an integer >= 2 (SLIC's number of superpixels)")
+    check(_finite(seg.compactness) and seg.compactness > 0, "explain.lime.segmentation.compactness",
+          seg.compactness, "a positive number (SLIC: higher = squarer superpixels)")
+    check(_finite(seg.sigma) and seg.sigma >= 0, "explain.lime.segmentation.sigma", seg.sigma,
+          "a number >= 0 (SLIC's pre-smoothing width)")
     check(_positive(seg.kernel_size), "explain.lime.segmentation.kernel_size", seg.kernel_size,
           "a positive number (quickshift's smoothing width)")
     check(_positive(seg.max_dist), "explain.lime.segmentation.max_dist", seg.max_dist,
@@ -243,6 +250,19 @@ def _check_explain(cfg: Config, check: _Checker, origin: Origin) -> None:
     check(_finite(m.top_k_percent) and 0 < m.top_k_percent <= 100,
           "explain.metrics.top_k_percent", m.top_k_percent, "a number in (0, 100]")
     check(m.randomize in RANDOMIZE, "explain.metrics.randomize", m.randomize, " | ".join(RANDOMIZE))
+    r, b = m.reruns, m.bootstrap
+    check(r.images >= 0, "explain.metrics.reruns.images", r.images,
+          "an integer >= 0 (0 switches the rerun metrics off)")
+    check(r.max_sensitivity_samples >= 0, "explain.metrics.reruns.max_sensitivity_samples",
+          r.max_sensitivity_samples, "an integer >= 0 (0 = off)")
+    check(_finite(r.max_sensitivity_radius) and 0 < r.max_sensitivity_radius <= 255,
+          "explain.metrics.reruns.max_sensitivity_radius", r.max_sensitivity_radius,
+          "a number in (0, 255] (pixel values)")
+    check(r.seeds >= 1, "explain.metrics.reruns.seeds", r.seeds, "an integer >= 1 (1 = off)")
+    check(b.resamples >= 100, "explain.metrics.bootstrap.resamples", b.resamples,
+          "an integer >= 100")
+    check(_fraction(b.confidence, low_open=True, high_open=True),
+          "explain.metrics.bootstrap.confidence", b.confidence, "a number in (0, 1), e.g. 0.95")
 
 
 def _check_shap_masker(masker: str, check: _Checker) -> None:

@@ -129,6 +129,9 @@ class ScorecamConfig:
 @dataclass
 class SegmentationConfig:
     algo: str = MISSING
+    n_segments: int = MISSING
+    compactness: float = MISSING
+    sigma: float = MISSING
     kernel_size: float = MISSING
     max_dist: float = MISSING
     ratio: float = MISSING
@@ -146,6 +149,22 @@ class LimeConfig:
 
 
 @dataclass
+class RerunsConfig:
+    images: int = MISSING
+    random_logit: bool = MISSING
+    max_sensitivity_samples: int = MISSING
+    max_sensitivity_radius: float = MISSING
+    seeds: int = MISSING
+    cascading: bool = MISSING
+
+
+@dataclass
+class BootstrapConfig:
+    resamples: int = MISSING
+    confidence: float = MISSING
+
+
+@dataclass
 class ExplainMetricsConfig:
     faithfulness: bool = MISSING
     baseline: str = MISSING
@@ -154,11 +173,14 @@ class ExplainMetricsConfig:
     top_k_percent: float = MISSING
     sanity: bool = MISSING
     randomize: str = MISSING
+    reruns: RerunsConfig = field(default_factory=RerunsConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
 
 @dataclass
 class ExplainConfig:
     n_images: int = MISSING
+    grid_images: int = MISSING
     images: list[int] = MISSING
     max_misclassified: int = MISSING
     target: int | None = MISSING

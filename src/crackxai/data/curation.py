@@ -84,7 +84,7 @@ def quality_report(rows: pd.DataFrame, keep: np.ndarray, duplicates: list[dict],
         "image_size": image_size,
         "seed": seed,
         "per_class": per_class,
-        "notes": [caveat, "good = decodable, supported and large enough; duplicates and "
+        "notes": [*([caveat] if caveat else []), "good = decodable, supported and large enough; duplicates and "
                   "cross-class conflicts are good files that are not kept."],
         "rejected_files": [{"path": r.path, "reason": r.reason, "detail": r.detail}
                            for r in rejected.itertuples()],

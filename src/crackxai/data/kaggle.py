@@ -7,7 +7,10 @@ import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
+
+import pandas as pd
 
 from crackxai.core.errors import CrackxaiError, DataError
 from crackxai.data.local import import_folder, safe_extract
@@ -25,6 +28,35 @@ LEAK_CAVEAT = (
 )
 LEAK_CAVEAT_SHORT = ("Kaggle crack data: 40,000 patches cropped from 458 photos; a random split "
                      "leaks crops of one photo into train and test, so these figures are optimistic.")
+# A local copy of the Kaggle set is recognised by its layout: exactly these class folders, with
+# (nearly) every file named as Kaggle names them (Positive/00001.jpg, Positive/19378_1.jpg).
+KAGGLE_CLASSES = ("Negative", "Positive")
+KAGGLE_FILE = re.compile(r"^\d{5}(?:_1)?\.jpg$")
+KAGGLE_NAMED_FRACTION = 0.9
+
+
+def is_kaggle_data(manifest: pd.DataFrame) -> bool:
+    """Whether LEAK_CAVEAT applies to the images a manifest lists (columns path, class and
+    optionally source): any row downloaded from Kaggle (source 'kaggle'), or a local copy of the
+    set by the layout above. Synthetic and other data sets: False."""
+    if manifest.empty:
+        return False
+    if "source" in manifest and (manifest["source"].astype(str) == "kaggle").any():
+        return True
+    names = manifest["path"].astype(str).str.rsplit("/", n=1).str[-1]
+    return (sorted(set(manifest["class"].astype(str))) == list(KAGGLE_CLASSES)
+            and names.str.match(KAGGLE_FILE).mean() >= KAGGLE_NAMED_FRACTION)
+
+
+def manifest_is_kaggle(path: Path) -> bool:
+    """is_kaggle_data of the manifest file at `path`; False when there is none or it cannot be
+    read (provenance unknown: no caveat claimed)."""
+    try:
+        return is_kaggle_data(pd.read_csv(path, dtype=str, keep_default_na=False))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 ALTERNATIVES = (
     "Or use data you already have with `data=local data.path=/path/to/folder_or.zip` (one "
     "sub-folder per class), or the embedded generator with `data=synthetic`."

@@ -150,3 +150,36 @@ def from_local(path: str, out: Path, scratch: Path, limit: int | None) -> list[R
 def fetch(out: Path, scratch: Path, opts: SourceOptions) -> list[Row]:
     """The `local` source."""
     return from_local(str(opts.path), out, scratch, opts.limit_per_class)
+
+
+PAIRED_IMAGES, PAIRED_MASKS = "images", "masks"
+
+
+def masked_folder(root: Path, crack_class: str) -> list[tuple[Path, Path | None, str]]:
+    """(image, mask or None, class) for every image of a folder that carries pixel masks, in
+    either layout:
+
+    - a local data set: class folders, masks in `_masks/<class>/<same relative path>.png`;
+    - a paired folder: `images/` and `masks/`, one mask per image with the same stem (`.png`),
+      every image of class `crack_class` (e.g. CRACK500-style crops, all cracked).
+
+    Sorted by path; an image without a mask has None (scored null, never 0)."""
+    root = Path(root)
+    if (root / PAIRED_IMAGES).is_dir() and (root / PAIRED_MASKS).is_dir():
+        images = sorted(f for f in (root / PAIRED_IMAGES).iterdir() if f.is_file() and _is_image(f))
+        out = []
+        for f in images:
+            mask = root / PAIRED_MASKS / f"{f.stem}.png"
+            out.append((f, mask if mask.is_file() else None, crack_class))
+    else:
+        root = find_class_root(root)
+        files = _list_classes(root, f"'{root}'", None)
+        out = []
+        for c, rels in files.items():
+            for rel in rels:
+                mask = root / MASK_DIR / c / rel.with_suffix(".png")
+                out.append((root / c / rel, mask if mask.is_file() else None, c))
+    if not out:
+        raise DataError(f"'{root}' holds no images: give a folder with {PAIRED_IMAGES}/ and "
+                        f"{PAIRED_MASKS}/, or class folders with masks in {MASK_DIR}/<class>/.")
+    return out

@@ -33,6 +33,7 @@ from crackxai.core.entry import log
 from crackxai.core.errors import DataError
 from crackxai.core.io import write_json
 from crackxai.core.paths import (
+    MANIFEST,
     METRICS,
     MODEL_FILE,
     PLOTS_DIR,
@@ -40,7 +41,7 @@ from crackxai.core.paths import (
     RUN_FILE,
     project_root,
 )
-from crackxai.data.kaggle import LEAK_CAVEAT, LEAK_CAVEAT_SHORT
+from crackxai.data.kaggle import LEAK_CAVEAT, LEAK_CAVEAT_SHORT, manifest_is_kaggle
 from crackxai.data.processed import load_split
 from crackxai.evaluation import metrics as M
 from crackxai.evaluation.plots import write_plots
@@ -94,10 +95,11 @@ def main(cfg: Config) -> dict[str, Any]:
     metrics.update(compute_metrics(s, "test", best))
 
     write_json(METRICS, metrics)
+    kaggle = manifest_is_kaggle(MANIFEST)  # the leak caveat only where it applies
     names = (test.records["path"].astype(str).tolist() if "path" in test.records
              else [f"test #{i}" for i in range(len(test))])  # the source file, to look it up
     images = write_plots(s, PLOTS_DIR, lambda i: test.images[i], names, ev.gallery_size, "test",
-                         note=LEAK_CAVEAT_SHORT)
+                         note=LEAK_CAVEAT_SHORT if kaggle else None)
     log(STAGE, f"wrote {METRICS}, {PLOTS_DIR}/{{roc,pr,calibration,confusion}}.csv and "
                f"{len(images)} PNGs in {PLOTS_DIR / 'images'}")
 
@@ -111,7 +113,8 @@ def main(cfg: Config) -> dict[str, Any]:
     log(STAGE, f"test ({len(test)} images): {summary(metrics['test'])}")
     if "test_best_f1" in metrics:
         log(STAGE, f"test at the val best-F1 threshold: {summary(metrics['test_best_f1'])}")
-    log(STAGE, LEAK_CAVEAT)
+    if kaggle:
+        log(STAGE, LEAK_CAVEAT)
     return metrics
 
 

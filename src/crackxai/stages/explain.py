@@ -1,22 +1,29 @@
-"""Explain: attribution maps for a few test images with every configured method, how good those
-maps are, and a self-contained HTML report; logged as a nested MLflow run under the model's run.
+"""Explain: attribution maps for test images with every configured method, how good those maps
+are, a scorecard saying which method to trust, and a self-contained HTML report; logged as a
+nested MLflow run under the model's run.
 
     python -m crackxai.explain [explain.methods=[gradcam,lime] explain.n_images=4 ...]
     python -m crackxai.explain --params params.yaml          # how dvc.yaml runs it
 
-Reads data/processed (test split), models/model.keras and models/mlflow_run.json. Writes, each
+Reads data/processed (test split, with its crack masks where the data has them),
+models/model.keras, models/mlflow_run.json and data/manifest.csv (provenance: the Kaggle caveat
+shows only for Kaggle data). Writes, each
 output swapped in whole (no map of an earlier run survives, a failed run changes nothing, other
 files there such as DVC's .gitignore are kept):
 
     reports/explain/maps/<method>/<row>_<index>.npy      raw (H, W) float32 map
     reports/explain/overlays/<method>/<row>_<index>.png  jet overlay of the positive evidence
-    reports/explain/grid.png                             rows = images, columns = image + methods
+    reports/explain/grid.png                             explain.grid_images rows x (image + methods)
     reports/explain/per_image.csv                        every metric per (image, method)
     reports/explain/metrics.json                         DVC metrics: the mean per method
-    reports/explain/index.html                           grid + metrics + configuration, standalone
+    reports/explain/scorecard.{json,csv,md,png}          means with bootstrap intervals, rank,
+                                                         verdict per method; and as a chart
+    reports/explain/cascading.{csv,png}                  cascading randomisation curves
+    reports/explain/index.html                           scorecard + grid + metrics, standalone
 
 The images (xai.selection), the methods (xai.registry, each built from its explain.<method>
-section), the metrics (xai.scoring) and the report (xai.report) live in crackxai.xai.
+section), the metrics (xai.scoring, xai.assess), the scorecard (xai.scorecard) and the report
+(xai.report) live in crackxai.xai.
 """
 
 from __future__ import annotations
@@ -27,21 +34,30 @@ from typing import Any
 
 import keras
 import mlflow
-import numpy as np
 from omegaconf import OmegaConf
 
-from crackxai.config import Config, explainer_settings, to_dict
+from crackxai.config import Config, to_dict
 from crackxai.config.entry import run_stage
+from crackxai.config.explain import explainer_factory, quality_settings, rerun_settings
 from crackxai.core.entry import log
 from crackxai.core.errors import ConfigError, CrackxaiError, DataError
 from crackxai.core.io import staged_outputs, write_json, write_text
-from crackxai.core.paths import EXPLAIN_DIR, MODEL_FILE, PROCESSED_DIR, RUN_FILE, project_root
+from crackxai.core.paths import (
+    EXPLAIN_DIR,
+    MANIFEST,
+    MODEL_FILE,
+    PROCESSED_DIR,
+    RUN_FILE,
+    project_root,
+)
+from crackxai.data.kaggle import manifest_is_kaggle
 from crackxai.data.processed import load_split
 from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.tracking.runs import config_params, read_run_file, redact, resume_model_run
 from crackxai.xai import metrics as EM
-from crackxai.xai import registry, render, scoring
+from crackxai.xai import registry, scorecard
+from crackxai.xai.assess import assess, write_outputs
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.report import report_html
 from crackxai.xai.selection import explicit_images, select
@@ -71,14 +87,20 @@ def check_inputs(cfg: Config, model: keras.Model, image_size: int,
     return None
 
 
-def log_to_mlflow(metrics: dict[str, Any], out: Path) -> None:
-    """Metrics as explain/<method>/<metric> (undefined ones left out), files as artifacts."""
-    mlflow.log_metrics({f"explain/{method}/{name}": value
-                        for method, values in metrics.items() if method != "images"
-                        for name, value in values.items() if value is not None})
-    for name in ("grid.png", "index.html", "metrics.json", "per_image.csv"):
-        mlflow.log_artifact(str(out / name))
+def log_to_mlflow(card: dict[str, Any], out: Path) -> None:
+    """The scorecard as explain/<method>/<metric> (mean, _low, _high; undefined ones left out)
+    and explain/<method>/rank, so the MLflow UI compares explainers across runs; files as
+    artifacts."""
+    mlflow.log_metrics(scorecard.flat_metrics(card))
+    for name in OUTPUT_FILES:
+        if (out / name).is_file():
+            mlflow.log_artifact(str(out / name))
     mlflow.log_artifacts(str(out / "overlays"), "overlays")
+
+
+OUTPUT_FILES = ("grid.png", "index.html", "metrics.json", "per_image.csv", "scorecard.json",
+                "scorecard.csv", "scorecard.md", "scorecard.png", "cascading.csv",
+                "cascading.png")
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -96,19 +118,22 @@ def main(cfg: Config) -> dict[str, Any]:
                    + ("" if e.layer else f" (last feature map >= {e.cam_min_size} px a side)"))
     keras.utils.set_random_seed(cfg.seed)
     predictor = Predictor(model, batch_size=e.batch_size)
-    quality = scoring.Quality(**to_dict(cfg)["explain"]["metrics"], seed=cfg.seed)
+    quality, reruns = quality_settings(cfg), rerun_settings(cfg)
     sel = select(test, predictor, images=e.images, n_images=e.n_images,
                  max_misclassified=e.max_misclassified, target=e.target, seed=cfg.seed)
-    log(STAGE, f"{len(sel.rows)} test images {sel.rows.tolist()} "
+    log(STAGE, f"{len(sel.rows)} test images "
                f"({'explain.images' if e.images else f'seed {cfg.seed}'}): "
                f"{int(sel.info.misclassified.sum())} misclassified, "
                f"{int(sel.info.has_mask.sum())} with a crack mask; methods: {', '.join(e.methods)}")
-    random_model = random_predictor = None
+    random_model = None
     if quality.sanity:
         random_model = EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
-        random_predictor = Predictor(random_model, batch_size=e.batch_size)
         log(STAGE, f"sanity check against a copy with '{quality.randomize}' re-initialised "
                    f"({len(EM.randomized_layer_names(model, quality.randomize))} layers)")
+    kaggle = manifest_is_kaggle(MANIFEST)
+
+    def predictor_for(m: keras.Model) -> Predictor:
+        return predictor if m is model else Predictor(m, batch_size=e.batch_size)
 
     with resume_model_run(cfg, RUN_FILE, project_root(), nested_name=STAGE) as run, \
             staged_outputs(EXPLAIN_DIR) as out:
@@ -117,45 +142,32 @@ def main(cfg: Config) -> dict[str, Any]:
         mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))
         if layer:
             mlflow.set_tag("crackxai.explain.cam_layer", layer)
-        records: list[dict[str, Any]] = []
-        maps_by_method: dict[str, np.ndarray] = {}
-        for method in e.methods:
-            log(STAGE, f"{method}: explaining {len(sel.rows)} images")
-            with scoring.distinct_warnings() as warned:
-                settings = explainer_settings(cfg, method)
-                explainer = registry.create(method, model=model, predictor=predictor, layer=layer,
-                                            **settings)
-                sanity = (registry.create(method, model=random_model, predictor=random_predictor,
-                                          layer=layer, **settings)
-                          if random_model is not None else None)
-                maps_by_method[method], method_records = scoring.explain_selection(
-                    explainer, sel, predictor, quality, out, sanity)
-            records += method_records
-            for message in warned:  # once per method, not once per image and call
-                log(STAGE, f"{method}: warning: {message}")
-        if quality.faithfulness or quality.localisation:
-            log(STAGE, "random baseline: the same metrics for uninformative maps")
-            records += scoring.random_baseline(sel, predictor, quality)
-
-        per_image = scoring.per_image_table(sel.info, records)
-        metrics = scoring.summarise(per_image, e.methods, sel.info)
-        write_text(out / "per_image.csv", per_image.to_csv(index=False))
+        makes = {method: explainer_factory(cfg, method, layer) for method in e.methods}
+        result = assess(makes, model, predictor_for, sel, quality, reruns, out, random_model,
+                        log=lambda message: log(STAGE, message))
+        boot = e.metrics.bootstrap
+        card = scorecard.scorecard(result.per_image, list(e.methods), seed=cfg.seed,
+                                   confidence=boot.confidence, n_resamples=boot.resamples)
+        metrics = {**scorecard.means(card), "images": {
+            "n": len(sel.rows), "misclassified": int(sel.info["misclassified"].sum()),
+            "with_mask": int(sel.info["has_mask"].sum())}}
+        shown = write_outputs(out, result, card, sel, e.grid_images)
         write_json(out / "metrics.json", metrics)
-        render.comparison_grid(sel.images, maps_by_method, sel.row_titles(), out / "grid.png")
         run_info = {"model run": model_run, "explain run": run.info.run_id,
                     **({"CAM layer": layer} if layer else {}),
                     "tracking store": redact(mlflow.get_tracking_uri())}
         configuration = OmegaConf.to_yaml({"seed": cfg.seed, "explain": to_dict(cfg)["explain"]})
         write_text(out / "index.html", report_html(
-            (out / "grid.png").read_bytes(), metrics, classes=test.classes,
-            image_size=test.images.shape[1], quality=quality, configuration=configuration,
-            run_info=run_info))
-        log_to_mlflow(metrics, out)
-    log(STAGE, f"wrote {EXPLAIN_DIR}/ (grid.png, index.html, metrics.json, per_image.csv, maps/, "
-               f"overlays/); MLflow run {run.info.run_id} nested under the model's run")
-    for method in e.methods:
-        log(STAGE, f"{method}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[method].items()
-                                            if v is not None))
+            out, card, metrics["images"], classes=test.classes, image_size=test.images.shape[1],
+            quality=quality, reruns=reruns, configuration=configuration, run_info=run_info,
+            kaggle=kaggle, grid_shown=shown))
+        log_to_mlflow(card, out)
+    log(STAGE, f"wrote {EXPLAIN_DIR}/ (grid.png, index.html, metrics.json, per_image.csv, "
+               f"scorecard.*, maps/, overlays/); MLflow run {run.info.run_id} nested under the "
+               "model's run")
+    for row in card["methods"]:
+        rank = "-" if row["rank"] is None else f"{row['rank']:.2f}"
+        log(STAGE, f"{row['method']} (mean rank {rank}): {row['verdict']}")
     return metrics
 
 

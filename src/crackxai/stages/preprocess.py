@@ -52,7 +52,7 @@ from crackxai.data.groups import (
     group_summary,
     straddles,
 )
-from crackxai.data.kaggle import LEAK_CAVEAT
+from crackxai.data.kaggle import LEAK_CAVEAT, is_kaggle_data
 from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
 from crackxai.data.processed import SPLITS, write_classes, write_split
 
@@ -89,7 +89,8 @@ def main(cfg: Config) -> dict[str, Any]:
         # 2. Quality report and de-duplication.
         keep, duplicates, conflicts = deduplicate(rows)
         report = quality_report(rows, keep, duplicates, conflicts, classes, p.min_good_fraction,
-                                size, cfg.seed, LEAK_CAVEAT)
+                                size, cfg.seed,
+                                LEAK_CAVEAT if is_kaggle_data(rows) else "")
         log(STAGE, f"{report['good']}/{n} good ({report['good_fraction']:.1%}), "
                    f"{report['rejected']} rejected {report['rejected_by_reason']}, "
                    f"{report['duplicates']} duplicates, {report['cross_class_conflicts']} files "

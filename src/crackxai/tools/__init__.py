@@ -4,4 +4,5 @@ runs, run the pipeline.
 Each tool module has `main(argv)`; TOOLS is the one place their command names are spelled.
 """
 
-TOOLS = ("evaluate_folder", "explain_image", "inspect", "compare", "pipeline", "params")
+TOOLS = ("evaluate_folder", "explain_image", "inspect", "compare", "pipeline", "params",
+         "scorecard")

@@ -19,7 +19,20 @@ from crackxai.xai.base import Explainer, Predict
 if TYPE_CHECKING:
     import keras
 
-SEGMENTATION = {"algo": "quickshift", "kernel_size": 4, "max_dist": 200, "ratio": 0.2}
+SEGMENTATION = {"algo": "slic", "n_segments": 50, "compactness": 10.0, "sigma": 1.0}
+
+
+def segmenter(settings: Mapping[str, Any], seed: int) -> Any:  # lime SegmentationAlgorithm
+    """LIME's segmentation function for `settings` ({'algo': ..., the algorithm's parameters}).
+    lime's wrapper passes each algorithm only the parameters skimage's function takes (SLIC:
+    n_segments, compactness, sigma; quickshift: kernel_size, max_dist, ratio, random_seed), so
+    one settings block can hold them all. SLIC asks for a superpixel COUNT, which suits any image
+    size; quickshift's pixel-scale kernel makes 3-4 superpixels at 64 px, too few to point at a
+    thin crack."""
+    from lime.wrappers.scikit_image import SegmentationAlgorithm
+
+    params = {k: v for k, v in settings.items() if k != "algo"}
+    return SegmentationAlgorithm(settings["algo"], **params, random_seed=seed)
 
 
 class LimeExplainer(Explainer):
@@ -40,17 +53,12 @@ class LimeExplainer(Explainer):
     def explanation(self, image: np.ndarray, target: int) -> Any:  # lime ImageExplanation
         """LIME explanation of one image (H, W, 3) for one class."""
         from lime import lime_image
-        from lime.wrappers.scikit_image import SegmentationAlgorithm
 
-        seg = self.segmentation
-        segmenter = SegmentationAlgorithm(seg["algo"], kernel_size=seg["kernel_size"],
-                                          max_dist=seg["max_dist"], ratio=seg["ratio"],
-                                          random_seed=self.seed)
         explainer = lime_image.LimeImageExplainer(random_state=self.seed)
         return explainer.explain_instance(
             np.asarray(image), self.predictor, labels=(int(target),), top_labels=None,
             hide_color=self.hide_color, num_samples=self.num_samples,
-            batch_size=self.batch_size, segmentation_fn=segmenter)
+            batch_size=self.batch_size, segmentation_fn=segmenter(self.segmentation, self.seed))
 
     @staticmethod
     def map_of(explanation: Any, target: int) -> np.ndarray:

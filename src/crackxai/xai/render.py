@@ -58,25 +58,92 @@ def comparison_grid(
     alpha: float = 0.5,
 ) -> None:
     """One PNG: a row per image (titled with `titles[i]`), columns = the original, then each
-    method's overlay. `maps_by_method[m]` is (N, H, W)."""
+    method's overlay. `maps_by_method[m]` is (N, H, W).
+
+    Sized for reading in a page about 1,200 px wide: 1.6 in cells at 100 dpi, 11 pt row titles
+    in a column of their own (at 8 pt beside the image they came out about 6 px high once the
+    browser scaled the figure down)."""
     methods = list(maps_by_method)
     n_rows, n_cols = len(images), 1 + len(methods)
-    fig = Figure(figsize=(2.0 * n_cols, 2.2 * n_rows + 0.4))
+    title_width, head = 2.2, 0.9  # inches: the row-title column, the space above the first row
+    height = 1.75 * n_rows + head
+    fig = Figure(figsize=(title_width + 1.6 * n_cols, height))
     FigureCanvasAgg(fig)  # files only: the Agg canvas, whatever pyplot's backend is
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[title_width] + [1.6] * n_cols,
+                            left=0.005, right=0.995, top=1 - head / height,
+                            bottom=0.01, wspace=0.04, hspace=0.08)
     for i, image in enumerate(images):
+        label = fig.add_subplot(grid[i, 0])
+        label.axis("off")
+        label.text(0.97, 0.5, titles[i], fontsize=11, ha="right", va="center",
+                   transform=label.transAxes)
         cells = [image] + [overlay(image, maps_by_method[m][i], alpha) for m in methods]
         for j, cell in enumerate(cells):
-            ax = axes[i, j]
+            ax = fig.add_subplot(grid[i, j + 1])
             ax.imshow(cell, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title("image" if j == 0 else methods[j - 1], fontsize=10, fontweight="bold")
-        axes[i, 0].set_ylabel(titles[i], fontsize=8, rotation=0, ha="right", va="center",
-                              labelpad=6)
+                ax.set_title("image" if j == 0 else methods[j - 1], fontsize=12,
+                             fontweight="bold")
     fig.suptitle("Positive evidence for the explained class (jet: blue = none, red = strongest)",
-                 fontsize=9)
+                 fontsize=11, y=1 - 0.12 / height, va="top")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def grid_rows(n_images: int, n_rows: int) -> np.ndarray:
+    """Which explained images the grid shows: `n_rows` of them, evenly spaced (all if fewer)."""
+    if n_images <= n_rows:
+        return np.arange(n_images)
+    return np.unique(np.round(np.linspace(0, n_images - 1, n_rows)).astype(int))
+
+
+def interval_chart(rows: Sequence[tuple[str, Sequence[tuple[float, float, float] | None]]],
+                   panels: Sequence[str], path: str | Path, chance: Sequence[float | None] = (),
+                   ) -> None:
+    """Dot-and-whisker panels, one per metric (`panels`: titles), a row per method:
+    rows = [(method, [(mean, low, high) or None per panel]), ...] best first. `chance[k]`, where
+    given, is drawn as a dashed line (the random map's mean)."""
+    fig = Figure(figsize=(2.3 * len(panels), 0.42 * len(rows) + 1.1))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    y = np.arange(len(rows))[::-1]
+    for k, (ax, title) in enumerate(zip(axes, panels, strict=True)):
+        for yi, (_, values) in zip(y, rows, strict=True):
+            v = values[k]
+            if v is not None:
+                ax.errorbar(v[0], yi, xerr=[[v[0] - v[1]], [v[2] - v[0]]], fmt="o", color="C0",
+                            ecolor="C0", capsize=3, markersize=4)
+        if k < len(chance) and chance[k] is not None:
+            ax.axvline(chance[k], color="grey", linestyle="--", linewidth=1)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [name for name, _ in rows], fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def curve_chart(curves: dict[str, tuple[Sequence[str], Sequence[float]]], path: str | Path,
+                title: str, ylabel: str) -> None:
+    """One line per method: curves = {method: (x labels, y values)}, x labels shared."""
+    fig = Figure(figsize=(5.0, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for method, (labels, values) in curves.items():
+        ax.plot(range(len(values)), values, marker="o", markersize=3, label=method)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)

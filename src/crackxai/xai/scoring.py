@@ -116,12 +116,17 @@ def distinct_warnings() -> Iterator[list[str]]:
                                   if not issubclass(w.category, hidden)))
 
 
+def random_maps(sel: Selection, seed: int) -> np.ndarray:
+    """The random baseline's maps (N, H, W): seeded uniform noise, one per selected image."""
+    return np.stack([np.random.default_rng([seed, int(index)]).random(sel.images.shape[1:3])
+                     for index in sel.rows]).astype(np.float32)
+
+
 def random_baseline(sel: Selection, predictor: Predict, quality: Quality) -> list[dict[str, Any]]:
     """What a map without information scores: seeded uniform noise for the AUCs, IoU and energy;
     the expected hit of a uniformly random point for the pointing game."""
     records = []
-    for n, index in enumerate(sel.rows):
-        noise = np.random.default_rng([quality.seed, int(index)]).random(sel.images.shape[1:3])
+    for n, noise in enumerate(random_maps(sel, quality.seed)):
         scores = score_map(noise, sel.images[n], int(sel.targets[n]), sel.masks[n], predictor,
                            quality)
         if quality.localisation:
