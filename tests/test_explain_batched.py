@@ -21,7 +21,7 @@ from crackxai.models.predictor import Predictor
 from crackxai.models.resnet import build_model
 from crackxai.xai import metrics as EM
 from crackxai.xai import registry
-from crackxai.xai.base import predict_stream
+from crackxai.xai.batching import lockstep, predict_stream
 
 SIZE = 64
 N_IMAGES = 3
@@ -130,3 +130,34 @@ def test_predict_stream_sends_full_batches():
     out = predict_stream(predict, chunks, batch_size=8)
     assert sizes == [8, 8, 8, 1]
     np.testing.assert_array_equal(out[:, 0], np.concatenate([c[:, 0, 0, 0] for c in chunks]))
+
+
+def test_lockstep_gives_each_call_its_own_rng_and_joins_the_model_calls():
+    sizes: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        sizes.append(len(x))
+        return x * 2.0
+
+    def work(n: int, model) -> list[float]:  # noqa: ANN001 - the lockstep's model function
+        np.random.seed(n)
+        draws = []
+        for _ in range(3):
+            draws.append(float(model(np.full((n, 1), np.random.rand()))[0, 0]))
+        return draws
+
+    np.random.seed(99)
+    caller = np.random.get_state()[1].copy()
+    together = lockstep([lambda m, n=n: work(n, m) for n in (1, 2, 3)], predict, batch_size=4)
+    assert np.array_equal(np.random.get_state()[1], caller)  # the caller's RNG untouched
+    alone = [work(n, predict) for n in (1, 2, 3)]
+    assert together == alone
+    sizes_alone = sizes[-9:]
+    assert sizes[:-9] == [4, 2] * 3 and sizes_alone == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+    def broken(model) -> None:  # noqa: ANN001
+        model(np.zeros((1, 1)))
+        raise ValueError("inside the library")
+
+    with pytest.raises(ValueError, match="inside the library"):
+        lockstep([lambda m: work(1, m), broken], predict, batch_size=4)

@@ -13,15 +13,15 @@ Subclasses implement `_explain` only; `explain` checks the inputs and cleans the
 method names live in crackxai.xai.registry, which sets `name` on the instances it creates.
 
 Speed: a method gets all the images to explain in one `explain` call and should keep the model
-busy with full batches across them (`predict_stream` sends a stream of perturbed images to the
-predictor in full batches); an image's map must not depend on the other images in the call.
+busy with full batches across them (crackxai.xai.batching); an image's map must not depend on
+the other images in the call.
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -32,26 +32,6 @@ if TYPE_CHECKING:  # keras is imported only by the methods that run a model
     import keras
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-def predict_stream(predict: Predict, chunks: Iterable[np.ndarray], batch_size: int) -> np.ndarray:
-    """`predict` of the concatenated `chunks` (N, H, W, 3), called on full batches of
-    `batch_size` images only (and once on the rest), however the chunks are cut: a method can
-    produce its perturbed images one image or one channel slice at a time."""
-    outputs: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
-    n_pending = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        n_pending += len(chunk)
-        if n_pending >= batch_size:
-            batch = np.concatenate(pending)
-            full = len(batch) - len(batch) % batch_size
-            outputs.append(np.asarray(predict(batch[:full])))
-            pending, n_pending = [batch[full:]], len(batch) - full
-    if n_pending:
-        outputs.append(np.asarray(predict(np.concatenate(pending))))
-    return np.concatenate(outputs)
 
 
 class Explainer(abc.ABC):

@@ -38,7 +38,8 @@ import tensorflow as tf
 
 from crackxai.core.errors import CrackxaiError
 from crackxai.xai import registry
-from crackxai.xai.base import Explainer, Predict, predict_stream
+from crackxai.xai.base import Explainer, Predict
+from crackxai.xai.batching import predict_stream
 
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 

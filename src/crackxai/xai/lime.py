@@ -1,20 +1,23 @@
-"""LIME (lime_image), one image at a time: each pixel gets the signed weight of its superpixel.
+"""LIME (lime_image), the images side by side: each pixel gets the signed weight of its superpixel.
 
 Every superpixel is weighted (the reference notebooks' explain_instance); `num_features`,
 `positive_only` and `hide_rest` only choose what LIME's own picture (`picture`, from
 `get_image_and_mask`) shows. Reproducible: `LimeImageExplainer(random_state=seed)` samples and the
 segmentation gets `random_seed=seed`; every image uses the same seed, so an image's map does not
-depend on the other images in the call.
+depend on the other images in the call. The images' explain_instance calls run in lockstep
+(crackxai.xai.batching), so the model gets the perturbed images of all of them at once.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crackxai.xai.base import Explainer, Predict
+from crackxai.xai.batching import lockstep
 
 if TYPE_CHECKING:
     import keras
@@ -37,8 +40,10 @@ class LimeExplainer(Explainer):
         self.hide_color = hide_color
         self.segmentation = {**SEGMENTATION, **(segmentation or {})}
 
-    def explanation(self, image: np.ndarray, target: int) -> Any:  # lime ImageExplanation
-        """LIME explanation of one image (H, W, 3) for one class."""
+    def explanation(self, image: np.ndarray, target: int,
+                    classifier_fn: Predict | None = None) -> Any:  # lime ImageExplanation
+        """LIME explanation of one image (H, W, 3) for one class; `classifier_fn` (default: the
+        predictor) is the function LIME calls."""
         from lime import lime_image
         from lime.wrappers.scikit_image import SegmentationAlgorithm
 
@@ -48,8 +53,8 @@ class LimeExplainer(Explainer):
                                           random_seed=self.seed)
         explainer = lime_image.LimeImageExplainer(random_state=self.seed)
         return explainer.explain_instance(
-            np.asarray(image), self.predictor, labels=(int(target),), top_labels=None,
-            hide_color=self.hide_color, num_samples=self.num_samples,
+            np.asarray(image), classifier_fn or self.predictor, labels=(int(target),),
+            top_labels=None, hide_color=self.hide_color, num_samples=self.num_samples,
             batch_size=self.batch_size, segmentation_fn=segmenter)
 
     @staticmethod
@@ -72,5 +77,10 @@ class LimeExplainer(Explainer):
         return np.clip(np.round(picture * 255.0), 0, 255).astype(np.uint8)
 
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return np.stack([self.map_of(self.explanation(im, t), t)
-                         for im, t in zip(images, targets, strict=True)])
+        works = [functools.partial(self._map, image, int(target))
+                 for image, target in zip(images, targets, strict=True)]
+        return np.stack(lockstep(works, self.predictor,
+                                 int(getattr(self.predictor, "batch_size", self.batch_size))))
+
+    def _map(self, image: np.ndarray, target: int, classifier_fn: Predict) -> np.ndarray:
+        return self.map_of(self.explanation(image, target, classifier_fn), target)

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from scipy import stats
 
-from crackxai.xai.base import Predict, predict_stream
+from crackxai.xai.batching import Predict, predict_stream
 from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES
 
 HEAD_LAYER = "predictions"

@@ -1,10 +1,12 @@
-"""SHAP: the Partition explainer over pixels, one image at a time.
+"""SHAP: the Partition explainer over pixels, the images side by side.
 
 The masker is shap.maskers.Image (`inpaint_telea`, `inpaint_ns` or `blur(k,k)`); the map is the
 SHAP value for the target class summed over the 3 channels (signed: > 0 raises the class score).
 Reproducible: Partition breaks ties with NumPy's global RNG, so it is seeded before each image
 (and restored after). Every image uses the same seed, so an image's map does not depend on the
-other images in the call.
+other images in the call. The images' explanations run in lockstep (crackxai.xai.batching), so the
+model gets the masked images of all of them at once, each image with its own RNG state: the maps
+are those of one call per image.
 
 shap is imported on use (the module stays import-light).
 """
@@ -18,14 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crackxai.xai.base import Explainer, Predict
+from crackxai.xai.batching import lockstep
 from crackxai.xai.options import parse_blur_kernel
 
 if TYPE_CHECKING:
     import keras
-
-
-
-
 
 _PARTITION_TREES: dict[tuple[int, ...], np.ndarray] = {}
 
@@ -65,16 +64,17 @@ class ShapExplainer(Explainer):
         self.masker, self.max_evals, self.batch_size = masker, int(max_evals), int(batch_size)
 
     def explanation(self, image: np.ndarray, target: int,
-                    class_names: Sequence[str] | None = None) -> Any:  # shap.Explanation
+                    class_names: Sequence[str] | None = None,
+                    model: Predict | None = None) -> Any:  # shap.Explanation
         """SHAP Partition explanation of one image (H, W, 3) for one class: values
-        (1, H, W, 3, 1)."""
+        (1, H, W, 3, 1). `model` (default: the predictor) is the function SHAP calls."""
         import shap
 
         blur = parse_blur_kernel(self.masker)
         masker = _masker_class()(f"blur({blur[0]},{blur[1]})" if blur else self.masker,
                                  image.shape)
         names = list(class_names) if class_names is not None else None
-        explainer = shap.Explainer(self.predictor, masker, output_names=names,
+        explainer = shap.Explainer(model or self.predictor, masker, output_names=names,
                                    algorithm="partition")
         state = np.random.get_state()
         np.random.seed(self.seed)  # Partition breaks ties with np.random.randn()
@@ -90,5 +90,10 @@ class ShapExplainer(Explainer):
         return np.asarray(explanation.values[0, ..., 0], np.float32).sum(axis=-1)
 
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return np.stack([self.map_of(self.explanation(im, t))
-                         for im, t in zip(images, targets, strict=True)])
+        works = [functools.partial(self._map, image, int(target))
+                 for image, target in zip(images, targets, strict=True)]
+        return np.stack(lockstep(works, self.predictor,
+                                 int(getattr(self.predictor, "batch_size", self.batch_size))))
+
+    def _map(self, image: np.ndarray, target: int, model: Predict) -> np.ndarray:
+        return self.map_of(self.explanation(image, target, model=model))
