@@ -19,8 +19,8 @@ They read the last convolutional feature map of at least `cam_min_size` pixels a
 (`find_last_conv_layer`: `conv5_block3_out` for ResNet50 at 224 px, `conv3_block4_out` at 64 px;
 the crackxai ResNet50 is built flat so the feature maps can be reached), or the layer named by
 `layer`. As in tf-keras-vis's own examples the gradient methods make the softmax linear first
-(`ReplaceToLinear` on a copy of the model, so gradients are those of the class logit) and score
-the target class (`CategoricalScore`). Score-CAM's weights are the target probabilities of the
+(`ReplaceToLinear`, so gradients are those of the class logit) and score the target class
+(`CategoricalScore`). Score-CAM's weights are the target probabilities of the
 masked images, taken as tf-keras-vis takes them (softmax of the log-probabilities; the masked
 images are counted in `predictor.n_evals`). Deterministic.
 """
@@ -119,26 +119,7 @@ def resolve_layer(model: keras.Model, layer: str | None, min_size: int = 1) -> s
 # Compiled passes over a batch
 # ---------------------------------------------------------------------------------------------
 
-_LINEAR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(kind, layer): fn}
-
-
-def linear_model(model: keras.Model) -> keras.Model:
-    """A copy of `model` whose output activation is linear (tf-keras-vis ReplaceToLinear).
-
-    Cloning a ResNet50 takes seconds, so the copy is made once per model and only its weights are
-    copied again on each call (the sanity checks re-randomise weights in place, so the copy must
-    never be stale)."""
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-
-    linear = _LINEAR.get(model)
-    if linear is None:
-        linear = keras.models.clone_model(model)
-        ReplaceToLinear()(linear)  # sets the output layer's activation; on the copy only
-        _LINEAR[model] = linear
-    for dst, src in zip(linear.weights, model.weights, strict=True):
-        dst.assign(src)
-    return linear
 
 
 def _compiled(model: keras.Model, kind: str, layer: str, build: Callable[[], Any]) -> Any:
@@ -155,13 +136,17 @@ def _images_spec(model: keras.Model) -> tf.TensorSpec:
 
 def gradient_pass(model: keras.Model, layer: str, images: np.ndarray, targets: np.ndarray,
                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(feature maps (N, h, w, c), their gradients of the target logits, the target logits (N,))
-    of the ReplaceToLinear copy of `model`: what tf-keras-vis's Gradcam and GradcamPlusPlus
-    compute with CategoricalScore(targets), one compiled forward+backward pass per batch."""
-    linear = linear_model(model)  # synced with the model's weights once per call
+    """(feature maps (N, h, w, c), their gradients of the target logits, the target logits (N,)):
+    what tf-keras-vis's Gradcam and GradcamPlusPlus compute with ReplaceToLinear and
+    CategoricalScore(targets), one compiled forward+backward pass per batch.
+
+    ReplaceToLinear sets the output layer's activation to linear; tf-keras-vis does it on a clone
+    of the model. Here it is set only while the pass is traced (into a concrete function, which
+    never retraces), so the pass runs on the model's own variables: no copy to make or keep in
+    step with the weights, and the model itself keeps its softmax."""
 
     def build() -> Any:
-        view = keras.Model(linear.inputs, [linear.outputs[0], linear.get_layer(layer).output])
+        view = keras.Model(model.inputs, [model.outputs[0], model.get_layer(layer).output])
 
         def run(x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -170,10 +155,14 @@ def gradient_pass(model: keras.Model, layer: str, images: np.ndarray, targets: n
                 score = tf.gather(logits, target, axis=1, batch_dims=1)
             return fmap, tape.gradient(score, fmap), score
 
-        # autograph=False: no Python control flow to convert
-        return tf.function(run, input_signature=[_images_spec(linear),
-                                                 tf.TensorSpec((None,), tf.int32)],
-                           autograph=False)
+        head = model.layers[-1]
+        activation = head.activation
+        head.activation = keras.activations.linear  # tf-keras-vis ReplaceToLinear, while tracing
+        try:  # autograph=False: no Python control flow to convert
+            return tf.function(run, autograph=False).get_concrete_function(
+                _images_spec(model), tf.TensorSpec((None,), tf.int32))
+        finally:
+            head.activation = activation
 
     fn = _compiled(model, "gradient", layer, build)
     parts = [fn(tf.convert_to_tensor(images[i:i + batch_size], tf.float32),
