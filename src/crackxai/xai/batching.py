@@ -8,12 +8,20 @@ predictor as one stream, so the model sees all the images' masks together (8 ima
 instead of 50). Only one call runs Python at a time, in a fixed order, each with its own NumPy
 global RNG state (swapped in and out at every model call): SHAP breaks ties with that RNG, so each
 image gets exactly the draws, and the map, it gets when explained alone.
+
+A call may also request a lazy sequence of images (len() and [i] -> one (H, W, 3) image) instead
+of an array: the lockstep then makes them in a thread pool, ahead of the model, while the model
+evaluates the ones already made. SHAP's image masker hands its masks on this way, so its
+inpainting (OpenCV, which releases the GIL) overlaps the model instead of taking turns with it.
 """
 
 from __future__ import annotations
 
+import abc
+import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,6 +49,30 @@ def predict_stream(predict: Predict, chunks: Iterable[np.ndarray], batch_size: i
     return np.concatenate(outputs)
 
 
+class LazyImages(abc.ABC):
+    """Images made on demand, for a lockstep model call: len() of them, [i] makes image i."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Image i, (H, W, 3). Called from the lockstep's threads, several at once."""
+
+
+def _chunks(requests: Sequence[Any], pool: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+    """The requests' images in order: arrays as they are; every lazy image submitted to the pool
+    at once (so it runs ahead), each taken as it is made."""
+    made = [pool.map(r.__getitem__, range(len(r))) if isinstance(r, LazyImages) else None
+            for r in requests]
+    for request, images in zip(requests, made, strict=True):
+        if images is None:
+            yield request
+        else:
+            for image in images:
+                yield np.asarray(image)[None]
+
+
 class _Job(threading.Thread):
     """One library call in its own thread, run only while it holds the turn."""
 
@@ -48,7 +80,7 @@ class _Job(threading.Thread):
         super().__init__(daemon=True)
         self.work, self.rng_state, self.yielded = work, rng_state, yielded
         self.go = threading.Event()
-        self.request: np.ndarray | None = None
+        self.request: np.ndarray | LazyImages | None = None
         self.reply: np.ndarray | BaseException | None = None
         self.result: Any = None
         self.error: BaseException | None = None
@@ -63,9 +95,10 @@ class _Job(threading.Thread):
         self.rng_state = np.random.get_state()
         self.yielded.set()
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """The model function handed to the library: waits for the round's joint evaluation."""
-        self.request = np.asarray(x)
+    def predict(self, x: Any) -> np.ndarray:
+        """The model function handed to the library: waits for the round's joint evaluation.
+        `x`: images (N, H, W, 3), or a lazy sequence of them (see the module docstring)."""
+        self.request = x if isinstance(x, LazyImages) else np.asarray(x)
         self._give_turn()
         self._take_turn()
         reply, self.reply, self.request = self.reply, None, None
@@ -92,6 +125,7 @@ def lockstep(works: Sequence[Callable[[Predict], T]], predict: Predict, batch_si
     caller_state = np.random.get_state()
     yielded = threading.Event()
     jobs = [_Job(work, caller_state, yielded) for work in works]
+    pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="lockstep")
     try:
         for job in jobs:
             job.start()
@@ -105,7 +139,8 @@ def lockstep(works: Sequence[Callable[[Predict], T]], predict: Predict, batch_si
             if not active:
                 break
             try:
-                out = predict_stream(predict, (job.request for job in active), batch_size)
+                requests = [job.request for job in active]
+                out = predict_stream(predict, _chunks(requests, pool), batch_size)
                 bounds = np.cumsum([0] + [len(job.request) for job in active])
                 for job, lo, hi in zip(active, bounds[:-1], bounds[1:], strict=True):
                     job.reply = out[lo:hi]
@@ -113,6 +148,7 @@ def lockstep(works: Sequence[Callable[[Predict], T]], predict: Predict, batch_si
                 for job in active:
                     job.reply = error
     finally:
+        pool.shutdown()
         np.random.set_state(caller_state)
     for job in jobs:
         job.join()
