@@ -1,23 +1,31 @@
-"""Seconds per image per explanation method, and the shared Predictor's speed-up over the
-reference usage at identical settings (same masker, max_evals, batch sizes, samples and seeds).
+"""Each explanation method's rate as a fraction of the hardware ceiling, measured in one run.
 
-    .venv/bin/python benchmarks/explain_speed.py [--images 2] [--methods shap,lime,...]
-        [--max-evals 500] [--num-samples 1000] [--repeats 1]
+    .venv/bin/python benchmarks/explain_speed.py [--images 8] [--cam-images 64]
+        [--methods shap,lime,...] [--max-evals 500] [--num-samples 1000] [--no-reference]
+        [--no-stage]
 
 Model: models/model.keras when present (run from the project root), else the pipeline's 64x64
-ResNet50 with random weights. Images: synthetic concrete surfaces at the model's input size.
+ResNet50 with random weights (head rescaled so the maps have signal). Images: synthetic concrete
+surfaces at the model's input size. Settings: conf/explain/default.yaml (batch size 64).
 
-Reference, as in the notebooks this replaces:
-  shap  shap.Explainer(f, masker) with f = lambda x: model(x, training=False).numpy(), an eager
-        call per batch of 50. (The notebooks' literal `model(x)` runs the random augmentation
-        layers of a model that has them, making the attributions random; the crackxai model has
-        none, see crackxai/models/predictor.py.)
-  lime  explain_instance(..., classifier_fn=model.predict, batch_size=10), lime's default.
-Ours: the Explainer from crackxai.xai.registry through the shared Predictor (lime with
-explain.lime.batch_size=50). The two runs must give the same attributions (np.allclose).
-The CAM methods call tf-keras-vis either way: their seconds per image only.
+Per method, one explain() call on all its images, and right before and after it the ceiling
+(their mean, so a drifting shared CPU moves both):
+  shap, lime, scorecam, faster_scorecam: model evaluations per second (the images through the
+      Predictor) over the shared Predictor's images/s on full batches of its batch size;
+  gradcam, gradcam_pp: images per second over the bare compiled forward+backward pass
+      (crackxai.xai.cam.gradient_pass) on one full batch; --cam-images images (default 64, one
+      batch: the CAMs are cheap, and a batch of 8 says more about the set-up than the pass);
+  faithfulness: the deletion + insertion curves of --images maps (crackxai.xai.metrics
+      faithfulness_batch), images through the Predictor per second over the same ceiling.
+Reference (unless --no-reference): the per-image path the explain stage took before, on (up to
+8 of) the same images: tf-keras-vis's Gradcam / GradcamPlusPlus called once per image;
+shap.Explainer / lime's explain_instance on the Predictor, one image after the other. The
+speed-up over it and the largest map difference (relative to the map's largest value).
+Stage (unless --no-stage): the explain stage's per-method section, crackxai.xai.scoring
+explain_selection (maps, the sanity rerun on a head-randomised copy, faithfulness, localisation,
+files), on --images images (the default n_images): seconds per method.
 
-Timings are medians over images (and --repeats) after one untimed warm-up per path.
+The CPU is shared (the load average is printed): compare the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -25,35 +33,46 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from crackxai.config import default_config  # noqa: E402
 from crackxai.core.paths import MODEL_FILE  # noqa: E402
 from crackxai.data.synthetic import render  # noqa: E402
-from crackxai.models.io import load_model
+from crackxai.models.io import load_model  # noqa: E402
 from crackxai.models.predictor import Predictor  # noqa: E402
 from crackxai.models.resnet import build_model  # noqa: E402
-from crackxai.xai import registry  # noqa: E402
+from crackxai.xai import metrics as EM  # noqa: E402
+from crackxai.xai import registry, scoring  # noqa: E402
+from crackxai.xai.cam import gradient_pass, resolve_layer  # noqa: E402
+from crackxai.xai.selection import Selection  # noqa: E402
 
 SEED = 42
+GRADIENT = ("gradcam", "gradcam_pp")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=2, help="images timed per method (default 2)")
+    p.add_argument("--images", type=int, default=8,
+                   help="images per perturbation method and per stage section (default 8)")
+    p.add_argument("--cam-images", type=int, default=64,
+                   help="images per gradient CAM (default 64, one batch)")
     p.add_argument("--methods", default=",".join(registry.NAMES))
     p.add_argument("--max-evals", type=int, default=500, help="SHAP max_evals (default 500)")
     p.add_argument("--num-samples", type=int, default=1000, help="LIME samples (default 1000)")
-    p.add_argument("--repeats", type=int, default=1, help="timed passes over the images")
+    p.add_argument("--no-reference", action="store_true", help="skip the per-image reference")
+    p.add_argument("--no-stage", action="store_true", help="skip the stage sections")
     return p.parse_args()
 
 
@@ -62,99 +81,175 @@ def pipeline_model(images: np.ndarray) -> tuple[keras.Model, str]:
         return load_model(MODEL_FILE), str(MODEL_FILE)
     keras.utils.set_random_seed(SEED)
     model = build_model(2, int(images.shape[1]), weights=None)
-    # A random head barely reacts to masking (p1 moves by ~1e-4), so float32 rounding (~6e-8
-    # between model.predict and a graph) would be a visible part of LIME's regression targets.
-    # Make every feature map evidence for class 1, scaled to a logit lead of ~2 (p1 ~ 0.9):
-    # the explanations then have signal to compare, as a trained model's do.
+    # A random head barely reacts to masking; make every feature map evidence for class 1,
+    # scaled to a logit lead of ~2 (p1 ~ 0.9), so the maps have signal, as a trained model's do.
     head = model.get_layer("predictions")
     kernel = np.abs(keras.ops.convert_to_numpy(head.kernel)) * np.array([-1.0, 1.0], np.float32)
     features = keras.Model(model.inputs, model.get_layer("avg_pool").output).predict(
         images.astype(np.float32), verbose=0)
     head.kernel.assign(kernel * 2.0 / (features @ (kernel[:, 1] - kernel[:, 0])).mean())
-    return model, "random-init crackxai ResNet50 (head rescaled, see above), 64x64, 2 classes"
+    return model, "random-init crackxai ResNet50 (head rescaled, see above), 2 classes"
 
 
-def timed(fn, *args):  # noqa: ANN001, ANN201
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
-    result = fn(*args)
+    result = fn()
     return time.perf_counter() - start, result
 
 
-def same(ours: np.ndarray, ref: np.ndarray) -> tuple[bool, float, float]:
-    """allclose at 1e-4 of the map's scale; the largest difference relative to it; the scale."""
+def rate(fn: Callable[[], Any], items: int, repeats: int = 2) -> float:
+    """items per second of fn(), the best of `repeats` runs (the least disturbed by others)."""
+    return items / min(timed(fn)[0] for _ in range(repeats))
+
+
+def max_diff(ours: np.ndarray, ref: np.ndarray) -> str:
     scale = float(np.abs(ref).max()) or 1.0
-    return (bool(np.allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)),
-            float(np.abs(ours - ref).max() / scale), scale)
+    return f"{np.abs(ours - ref).max() / scale:.1e}"
+
+
+def tf_keras_vis_per_image(method: str, model: keras.Model, layer: str
+                           ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The stage's former Grad-CAM path: a tf-keras-vis call per image on a linear copy."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    tool = (Gradcam if method == "gradcam" else GradcamPlusPlus)(
+        model, model_modifier=ReplaceToLinear())
+    return lambda images, targets: np.concatenate([
+        np.asarray(tool(CategoricalScore([int(t)]), images[i:i + 1].astype(np.float32),
+                        penultimate_layer=layer, seek_penultimate_conv_layer=False),
+                   np.float32).reshape(1, *images.shape[1:3])
+        for i, t in enumerate(targets)])
 
 
 def main() -> None:
     args = parse_args()
     methods = [m for m in args.methods.split(",") if m]
     size = int(load_model(MODEL_FILE).input_shape[1]) if MODEL_FILE.is_file() else 64
+    n_all = max(args.images, args.cam_images)
     images = np.stack([render(np.random.default_rng([SEED, i]), crack=i % 2 == 0, size=size)[0]
-                       for i in range(args.images + 1)])  # the first one is the warm-up
+                       for i in range(n_all)])
     model, about = pipeline_model(images)
     cfg = default_config().explain
     cfg.shap.max_evals, cfg.lime.num_samples = args.max_evals, args.num_samples
-    predictor = Predictor(model, batch_size=cfg.batch_size)
+    batch = cfg.batch_size
+    predictor = Predictor(model, batch_size=batch)
     targets = predictor(images).argmax(1)
+    layer = resolve_layer(model, cfg.layer, cfg.cam_min_size)
+    full = np.concatenate([images] * (-(-4 * batch // n_all)))[:4 * batch]  # 4 full batches
 
-    def build(method: str, predict, **overrides):  # noqa: ANN001, ANN202
+    def predictor_ceiling() -> float:
+        return rate(lambda: predictor(full), len(full))
+
+    def gradient_ceiling() -> float:
+        x, t = full[:batch].astype(np.float32), targets[np.arange(batch) % n_all]
+        return rate(lambda: gradient_pass(model, layer, x, t, batch), batch)
+
+    def build(method: str, predict: Any = predictor, mdl: keras.Model = model) -> Any:
         section = getattr(cfg, method, None)  # explain.<method>, if the method has settings
         section = dataclasses.asdict(section) if section is not None else {}
-        explainer = registry.create(method, model=model, predictor=predict, seed=SEED,
-                                    cam_min_size=cfg.cam_min_size, **{**section, **overrides})
-        return lambda im, t: explainer.explain(im[None], [t])[0]
+        explainer = registry.create(method, model=mdl, predictor=predict, seed=SEED, layer=layer,
+                                    cam_min_size=cfg.cam_min_size, **section)
+        explainer.name = method
+        return explainer
 
-    # the reference paths: the same explainer code, only the model function differs
-    def eager(x: np.ndarray) -> np.ndarray:
-        return model(x, training=False).numpy()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return model.predict(x, verbose=0)
-
-    refs = {"shap": build("shap", eager),
-            "lime": build("lime", predict, batch_size=10)}  # lime's default batch_size
+    predictor_ceiling(), gradient_ceiling()  # warm-up: tracing
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"model: {about}; {args.images} image(s) of {size}x{size}; SHAP {cfg.shap.masker} "
-          f"max_evals={cfg.shap.max_evals} batch_size={cfg.shap.batch_size}; LIME "
-          f"num_samples={cfg.lime.num_samples} (ours batch_size={cfg.lime.batch_size}, "
-          f"reference 10); ScoreCAM max_N={cfg.scorecam.max_N}, Faster max_N="
-          f"{cfg.faster_scorecam.max_N}; {os.cpu_count()} CPU(s), load average {load:.1f} "
-          "(a shared CPU: compare the ratios, not the seconds)", flush=True)
-    header = (f"{'method':<16}{'ours s/img':>11}{'evals/img':>10}{'reference s/img':>17}"
-              f"{'speed-up':>10}  same maps")
-    rows = []
-    for method in methods:
-        ours = build(method, predictor)
-        ours(images[0], targets[0])  # warm-up: imports, tracing, the linear copy
-        if method in refs:
-            refs[method](images[0], targets[0])
-        t_ours, t_ref, checks, evals = [], [], [], []
-        for _ in range(args.repeats):
-            for im, t in zip(images[1:], targets[1:], strict=True):
-                before = predictor.n_evals
-                seconds, a = timed(ours, im, t)
-                t_ours.append(seconds)
-                evals.append(predictor.n_evals - before)
-                if method in refs:
-                    seconds, b = timed(refs[method], im, t)
-                    t_ref.append(seconds)
-                    checks.append(same(a, b))
-        mine = statistics.median(t_ours)
-        if t_ref:
-            ref = statistics.median(t_ref)
-            ok = all(c[0] for c in checks)
-            worst = max(c[1] for c in checks)
-            scale = min(c[2] for c in checks)
-            row = (f"{method:<16}{mine:>11.2f}{statistics.median(evals):>10.0f}{ref:>17.2f}"
-                   f"{ref / mine:>9.2f}x  {'yes' if ok else 'NO'} (max |diff| {worst:.1e} of "
-                   f"max |map| {scale:.1e})")
-        else:
-            row = f"{method:<16}{mine:>11.2f}{statistics.median(evals):>10.0f}{'-':>17}{'-':>10}"
+    print(f"model: {about}; {size}x{size}; CAM layer {layer}; Predictor batch {batch}; SHAP "
+          f"{cfg.shap.masker} max_evals={cfg.shap.max_evals}; LIME num_samples="
+          f"{cfg.lime.num_samples}; Score-CAM max_N={cfg.scorecam.max_N}, Faster max_N="
+          f"{cfg.faster_scorecam.max_N}; {os.cpu_count()} CPU(s), load average {load:.1f} (a "
+          "shared CPU: compare the ratios, not the seconds)", flush=True)
+    header = (f"{'method':<16}{'images':>7}{'rate':>9}{'ceiling':>9}{'ratio':>7}  {'unit':<13}"
+              f"{'per-image ref':>14}{'speed-up':>9}  max|diff|/max|map|")
+    print(header, flush=True)
+    rows = [header]
+
+    def report(name: str, n: int, value: float, ceiling: float, unit: str,
+               ref: tuple[float, str] | None) -> None:
+        extra = (f"{ref[0]:>14.1f}{value / ref[0]:>8.1f}x  {ref[1]}" if ref else
+                 f"{'-':>14}{'-':>9}")
+        row = (f"{name:<16}{n:>7}{value:>9.1f}{ceiling:>9.1f}{value / ceiling:>7.2f}  "
+               f"{unit:<13}{extra}")
         rows.append(row)
-        print(row if len(rows) > 1 else header + "\n" + row, flush=True)
-    print("\n" + header + "\n" + "\n".join(rows))
+        print(row, flush=True)
+
+    for method in methods:
+        gradient = method in GRADIENT
+        n = args.cam_images if gradient else args.images
+        x, t = images[:n], targets[:n]
+        explainer = build(method)
+        explainer.explain(x[:2], t[:2])  # warm-up: imports, tracing
+        ceiling_fn = gradient_ceiling if gradient else predictor_ceiling
+        before = ceiling_fn()
+        evals = predictor.n_evals
+        seconds, maps = timed(lambda e=explainer, x=x, t=t: e.explain(x, t))
+        evals = predictor.n_evals - evals
+        ceiling = (before + ceiling_fn()) / 2
+        value = n / seconds if gradient else evals / seconds
+        ref = None
+        if not args.no_reference and method in (*GRADIENT, "shap", "lime"):
+            if gradient:
+                per_image = tf_keras_vis_per_image(method, model, layer)
+                per_image(x[:1], t[:1])  # warm-up: the clone
+            elif method == "shap":  # shap.Explainer on the predictor, one image at a time
+                per_image = lambda x, t, e=explainer: np.stack(  # noqa: E731
+                    [e.map_of(e.explanation(im, int(c))) for im, c in zip(x, t, strict=True)])
+            else:  # lime: explain_instance on the predictor, one image at a time
+                per_image = lambda x, t, e=explainer: np.stack(  # noqa: E731
+                    [e.map_of(e.explanation(im, int(c)), int(c))
+                     for im, c in zip(x, t, strict=True)])
+            m = min(n, 8)  # the per-image path is slow: its rate from 8 images
+            before_evals = predictor.n_evals
+            ref_seconds, ref_maps = timed(lambda p=per_image, x=x[:m], t=t[:m]: p(x, t))
+            ref_value = m / ref_seconds if gradient else (
+                (predictor.n_evals - before_evals) / ref_seconds)
+            ref = (ref_value, max_diff(maps[:m], ref_maps))
+        report(method, n, value, ceiling, "images/s" if gradient else "evals/s", ref)
+
+    # the faithfulness curves of --images maps, all through the Predictor together
+    maps = np.random.default_rng(0).random((args.images, size, size))
+    fx, ft = images[:args.images], targets[:args.images]
+    q = scoring.Quality()
+    before = predictor_ceiling()
+    evals = predictor.n_evals
+    seconds, _ = timed(lambda: EM.faithfulness_batch(predictor, fx, maps, ft, q.baseline, q.steps,
+                                                     q.seed))
+    evals = predictor.n_evals - evals
+    report("faithfulness", args.images, evals / seconds, (before + predictor_ceiling()) / 2,
+           "evals/s", None)
+
+    if not args.no_stage:
+        stage_sections(methods, images[:args.images], targets[:args.images], model, build)
+    print("\n" + "\n".join(rows))
+
+
+def stage_sections(methods: list[str], images: np.ndarray, targets: np.ndarray,
+                   model: keras.Model, build: Callable[..., Any]) -> None:
+    """Seconds of the explain stage's per-method section on these images, as the stage runs it
+    (explainer and sanity explainer built, then scoring.explain_selection)."""
+    cfg = default_config()
+    quality = scoring.Quality(**dataclasses.asdict(cfg.explain.metrics), seed=cfg.seed)
+    random_model = EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
+    predictor = Predictor(model, batch_size=cfg.explain.batch_size)
+    random_predictor = Predictor(random_model, batch_size=cfg.explain.batch_size)
+    n = len(images)
+    info = pd.DataFrame({"row": np.arange(n)})
+    sel = Selection(np.arange(n), images, targets, [None] * n, info)
+    print(f"\nexplain stage, per-method section (maps + sanity rerun + faithfulness + "
+          f"localisation + files) on {n} images:", flush=True)
+    total = 0.0
+    with tempfile.TemporaryDirectory() as out:
+        for method in methods:
+            seconds, _ = timed(lambda m=method: scoring.explain_selection(
+                build(m, predictor), sel, predictor, quality, Path(out),
+                build(m, random_predictor, random_model)))
+            total += seconds
+            print(f"  {method:<16}{seconds:>7.1f} s  ({seconds / n:.2f} s/image, first call "
+                  "includes tracing)", flush=True)
+    print(f"  {'all methods':<16}{total:>7.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ predictor). `explain_with_cost` also gives the wall seconds and model evaluation
 
 Subclasses implement `_explain` only; `explain` checks the inputs and cleans the output. The
 method names live in crackxai.xai.registry, which sets `name` on the instances it creates.
+
+Speed: a method gets all the images to explain in one `explain` call and should keep the model
+busy with full batches across them (crackxai.xai.batching); an image's map must not depend on
+the other images in the call.
 """
 
 from __future__ import annotations

@@ -1,35 +1,45 @@
-"""The class-activation-map family through tf-keras-vis, and which feature map it reads.
+"""The class-activation-map family, tf-keras-vis's maps computed in full batches, and which
+feature map it reads.
 
     GradCam           Grad-CAM          (tf-keras-vis Gradcam)
     GradCamPlusPlus   Grad-CAM++        (tf-keras-vis GradcamPlusPlus)
     ScoreCam          Score-CAM         (tf-keras-vis Scorecam; max_N=-1: every feature map)
     FasterScoreCam    Faster Score-CAM  (tf-keras-vis Scorecam, the max_N maps of largest variance)
 
-The maps are tf-keras-vis's output, upsampled to the input size and normalised to [0, 1] per
-image. They read the last convolutional feature map of at least `cam_min_size` pixels a side
+The maps are tf-keras-vis's, upsampled to the input size and normalised to [0, 1] per image with
+its own `zoom_factor` / `normalize`, but not through its classes: those build a new Keras model
+and run it eagerly on every call, which costs more than the pass itself (Grad-CAM at 0.08 of a
+compiled batched pass). Here one compiled tf.function per model and layer gives the feature map
+and its gradient for a batch of images, and tf-keras-vis's formulas run on it; Score-CAM sends
+the masked copies of all images through the shared predictor in full batches, keeping each
+image's own top-`max_N` channels (tf-keras-vis would take the union over a batch). The maps
+equal tf-keras-vis's one-image calls to float32 rounding (tests/test_cam_batched.py).
+
+They read the last convolutional feature map of at least `cam_min_size` pixels a side
 (`find_last_conv_layer`: `conv5_block3_out` for ResNet50 at 224 px, `conv3_block4_out` at 64 px;
-the crackxai ResNet50 is built flat so tf-keras-vis can reach them), or the layer named by
-`layer`. As in tf-keras-vis's own examples the softmax is made linear first (`ReplaceToLinear` on
-a copy of the model, so gradients are those of the class logit) and the class is picked with
-`CategoricalScore`. Score-CAM's masked images go through the shared predictor: it returns
-log-probabilities, which tf-keras-vis softmaxes back into exactly the probabilities a
-ReplaceToLinear copy would give, and they are counted in `predictor.n_evals`. Deterministic.
+the crackxai ResNet50 is built flat so the feature maps can be reached), or the layer named by
+`layer`. As in tf-keras-vis's own examples the gradient methods make the softmax linear first
+(`ReplaceToLinear`, so gradients are those of the class logit) and score the target class
+(`CategoricalScore`). Score-CAM's weights are the target probabilities of the
+masked images, taken as tf-keras-vis takes them (softmax of the log-probabilities; the masked
+images are counted in `predictor.n_evals`). Deterministic.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from crackxai.core.errors import CrackxaiError
 from crackxai.xai import registry
 from crackxai.xai.base import Explainer, Predict
+from crackxai.xai.batching import predict_stream
 
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 
@@ -106,51 +116,83 @@ def resolve_layer(model: keras.Model, layer: str | None, min_size: int = 1) -> s
 
 
 # ---------------------------------------------------------------------------------------------
-# Model views for tf-keras-vis
+# Compiled passes over a batch
 # ---------------------------------------------------------------------------------------------
 
-_LINEAR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(kind, layer): fn}
 
 
-def linear_model(model: keras.Model) -> keras.Model:
-    """A copy of `model` whose output activation is linear (tf-keras-vis ReplaceToLinear).
-
-    Cloning a ResNet50 takes seconds, so the copy is made once per model and only its weights are
-    copied again on each call (the explain stage calls once per image and method, and re-randomises
-    weights for its sanity check, so the copy must never be stale)."""
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-
-    linear = _LINEAR.get(model)
-    if linear is None:
-        linear = keras.models.clone_model(model)
-        ReplaceToLinear()(linear)  # sets the output layer's activation; on the copy only
-        _LINEAR[model] = linear
-    for dst, src in zip(linear.weights, model.weights, strict=True):
-        dst.assign(src)
-    return linear
+def _compiled(model: keras.Model, kind: str, layer: str, build: Callable[[], Any]) -> Any:
+    """The tf.function `build()` makes, traced once per model, kind and layer."""
+    cache = _PASSES.setdefault(model, {})
+    if (kind, layer) not in cache:
+        cache[kind, layer] = build()
+    return cache[kind, layer]
 
 
-class _PredictorView(keras.Model):
-    """The model's graph (tf-keras-vis reads the feature map from it) whose `predict` goes
-    through the shared predictor, as log-probabilities: Scorecam softmaxes what predict returns,
-    and softmax(log p) = p = softmax(logits), the ReplaceToLinear result, without a copy."""
-
-    def __init__(self, model: keras.Model, predictor: Predict):
-        super().__init__(model.inputs, model.outputs, name=f"{model.name}_view")
-        self._crackxai_predictor = predictor
-
-    def predict(self, x, batch_size=None, verbose=None, **kwargs):  # noqa: ANN001 - Keras API
-        x = x[0] if isinstance(x, list | tuple) else x
-        probs = np.asarray(self._crackxai_predictor(np.asarray(x)))
-        return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+def _images_spec(model: keras.Model) -> tf.TensorSpec:
+    return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)  # any batch size, one trace
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        # tf-keras-vis passes a one-element list to a single-input Keras 3 model: harmless
-        warnings.filterwarnings("ignore", message="The structure of `inputs`")
-        yield
+def gradient_pass(model: keras.Model, layer: str, images: np.ndarray, targets: np.ndarray,
+                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(feature maps (N, h, w, c), their gradients of the target logits, the target logits (N,)):
+    what tf-keras-vis's Gradcam and GradcamPlusPlus compute with ReplaceToLinear and
+    CategoricalScore(targets), one compiled forward+backward pass per batch.
+
+    ReplaceToLinear sets the output layer's activation to linear; tf-keras-vis does it on a clone
+    of the model. Here it is set only while the pass is traced (into a concrete function, which
+    never retraces), so the pass runs on the model's own variables: no copy to make or keep in
+    step with the weights, and the model itself keeps its softmax."""
+
+    def build() -> Any:
+        view = keras.Model(model.inputs, [model.outputs[0], model.get_layer(layer).output])
+
+        def run(x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(x)  # as tf-keras-vis: the ops from the input on are recorded
+                logits, fmap = view(x, training=False)
+                score = tf.gather(logits, target, axis=1, batch_dims=1)
+            return fmap, tape.gradient(score, fmap), score
+
+        head = model.layers[-1]
+        activation = head.activation
+        head.activation = keras.activations.linear  # tf-keras-vis ReplaceToLinear, while tracing
+        try:  # autograph=False: no Python control flow to convert
+            return tf.function(run, autograph=False).get_concrete_function(
+                _images_spec(model), tf.TensorSpec((None,), tf.int32))
+        finally:
+            head.activation = activation
+
+    fn = _compiled(model, "gradient", layer, build)
+    parts = [fn(tf.convert_to_tensor(images[i:i + batch_size], tf.float32),
+                tf.convert_to_tensor(targets[i:i + batch_size], tf.int32))
+             for i in range(0, len(images), batch_size)]
+    return tuple(np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(3))
+
+
+def feature_pass(model: keras.Model, layer: str, images: np.ndarray,
+                 batch_size: int = 64) -> np.ndarray:
+    """The feature maps (N, h, w, c) of `layer`, one compiled forward pass per batch."""
+
+    def build() -> Any:
+        view = keras.Model(model.inputs, model.get_layer(layer).output)
+        return tf.function(lambda x: view(x, training=False),
+                           input_signature=[_images_spec(model)], autograph=False)
+
+    fn = _compiled(model, "features", layer, build)
+    return np.concatenate([np.asarray(fn(tf.convert_to_tensor(images[i:i + batch_size],
+                                                              tf.float32)))
+                           for i in range(0, len(images), batch_size)])
+
+
+def expand(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """CAMs (N, h, w) upsampled to the images' (N, H, W) and normalised to [0, 1] per image,
+    exactly as tf-keras-vis's expand_cam and normalize_cam do (linear zoom of the batch)."""
+    from scipy.ndimage import zoom
+    from tf_keras_vis.utils import normalize, zoom_factor
+
+    return normalize(zoom(cams, zoom_factor(cams.shape, shape), order=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +216,11 @@ class CamExplainer(Explainer):
         return cls(model, predictor, seed=seed, layer=layer, cam_min_size=cam_min_size,
                    **settings)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per compiled pass: the predictor's batch size (64 without one)."""
+        return int(getattr(self.predictor, "batch_size", 64))
+
     def _feature_map_shape(self) -> tuple:
         shape = self.model.get_layer(self.layer).output.shape
         if tuple(shape[1:3]) == (1, 1):
@@ -182,38 +229,43 @@ class CamExplainer(Explainer):
                           "--layer).", stacklevel=4)
         return tuple(shape)
 
-    def _where(self) -> dict[str, Any]:
-        return dict(penultimate_layer=self.layer, seek_penultimate_conv_layer=False)
-
 
 class GradCam(CamExplainer):
     """Grad-CAM (Selvaraju et al. 2017): feature maps weighted by their mean class gradient."""
 
     uses_gradients = True
 
-    def _tool(self):  # noqa: ANN202 - a tf-keras-vis class
-        from tf_keras_vis.gradcam import Gradcam
-
-        return Gradcam
-
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        from tf_keras_vis.utils.scores import CategoricalScore
-
         self._feature_map_shape()
-        x = images.astype(np.float32)
-        with _quiet():
-            cams = self._tool()(linear_model(self.model))(CategoricalScore(targets.tolist()), x,
-                                                         **self._where())
-        return np.asarray(cams, np.float32).reshape(len(x), *x.shape[1:3])
+        fmap, grads, score = gradient_pass(self.model, self.layer, images.astype(np.float32),
+                                           targets, self.batch_size)
+        return expand(self._cam(fmap, grads, score), images.shape)
+
+    @staticmethod
+    def _cam(fmap: np.ndarray, grads: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """tf-keras-vis Gradcam._calculate_cam with its default ReLU."""
+        del score
+        weights = np.mean(grads, axis=(1, 2), keepdims=True)
+        return np.maximum(np.sum(fmap * weights, axis=-1), 0.0)
 
 
 class GradCamPlusPlus(GradCam):
     """Grad-CAM++ (Chattopadhyay et al. 2018): positive second-order gradient weights."""
 
-    def _tool(self):  # noqa: ANN202 - a tf-keras-vis class
-        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-
-        return GradcamPlusPlus
+    @staticmethod
+    def _cam(fmap: np.ndarray, grads: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """tf-keras-vis GradcamPlusPlus.__call__'s formulas with its default ReLU (exp of the
+        logit as the score, alphas from the 2nd and 3rd powers of the gradient)."""
+        first = np.exp(score).reshape(-1, 1, 1, 1) * grads
+        second = first * grads
+        third = second * grads
+        global_sum = np.sum(fmap, axis=(1, 2), keepdims=True)
+        denom = second * 2.0 + third * global_sum
+        alphas = second / (denom + (second == 0.0))  # 0/1 where the 2nd derivative vanishes
+        norm = np.sum(alphas, axis=(1, 2), keepdims=True)
+        alphas = alphas / (norm + (norm == 0.0))
+        weights = np.sum(np.maximum(first, 0.0) * alphas, axis=(1, 2), keepdims=True)
+        return np.maximum(np.sum(weights * fmap, axis=-1), 0.0)
 
 
 class ScoreCam(CamExplainer):
@@ -228,22 +280,44 @@ class ScoreCam(CamExplainer):
         super().__init__(model, predictor, seed=seed, layer=layer, cam_min_size=cam_min_size)
         self.max_n = self.default_max_n if max_N is None else int(max_N)
 
-    def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        from tf_keras_vis.scorecam import Scorecam
-        from tf_keras_vis.utils.scores import CategoricalScore
+    def _channels(self, fmap: np.ndarray) -> np.ndarray:
+        """Each image's channels (N, k), as tf-keras-vis's Scorecam picks them for one image:
+        all, or the top max_N by spatial standard deviation (tf.math.top_k's order and ties)."""
+        from tf_keras_vis.utils import get_num_of_steps_allowed
 
-        fmap = self._feature_map_shape()
-        max_n = min(self.max_n, int(fmap[-1]))  # tf-keras-vis refuses max_N > channels
+        n, channels = len(fmap), fmap.shape[-1]
+        k = get_num_of_steps_allowed(channels if self.max_n <= 0
+                                     else min(self.max_n, channels))  # it refuses more
+        if k >= channels:
+            return np.broadcast_to(np.arange(channels), (n, channels))
+        std = tf.math.reduce_std(fmap, axis=(1, 2), keepdims=True)
+        return np.asarray(tf.math.top_k(std, k)[1]).reshape(n, k)
+
+    def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import zoom
+        from tf_keras_vis.utils import zoom_factor
+
+        self._feature_map_shape()
         x = images.astype(np.float32)
-        batch_size = getattr(self.predictor, "batch_size", 32)
-        with _quiet():
-            scorecam = Scorecam(_PredictorView(self.model, self.predictor))
-            # one image per call: Faster Score-CAM keeps the union of the images' top-N channels
-            return np.concatenate([
-                np.asarray(scorecam(CategoricalScore([int(t)]), x[i:i + 1], max_N=max_n,
-                                    batch_size=batch_size, **self._where()), np.float32)
-                .reshape(1, *x.shape[1:3])
-                for i, t in enumerate(targets)])
+        fmap = feature_pass(self.model, self.layer, x, self.batch_size)
+        fmap = np.take_along_axis(fmap, self._channels(fmap)[:, None, None, :], axis=-1)
+        factor = (1, *zoom_factor(fmap.shape[1:-1], x.shape[1:-1]), 1)
+
+        def masked_images() -> Iterator[np.ndarray]:
+            for i in range(len(x)):  # one image's upsampled maps at a time: bounded memory
+                up = zoom(fmap[i:i + 1], factor, order=1, mode="nearest")[0]
+                low, high = up.min(axis=(0, 1)), up.max(axis=(0, 1))
+                masks = (up - low) / (high - low + keras.config.epsilon())  # (H, W, k)
+                for c in range(0, masks.shape[-1], self.batch_size):
+                    yield x[i] * np.moveaxis(masks[..., c:c + self.batch_size], -1, 0)[..., None]
+
+        probs = predict_stream(self.predictor, masked_images(), self.batch_size)
+        # tf-keras-vis softmaxes what the model predicts: here log p, so softmax(log p) = p
+        logp = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+        probs = np.asarray(tf.nn.softmax(logp), np.float32).reshape(len(x), fmap.shape[-1], -1)
+        weights = np.take_along_axis(probs, targets.reshape(-1, 1, 1), axis=-1)[..., 0]
+        cams = np.maximum(np.einsum("nhwk,nk->nhw", fmap, weights), 0.0)
+        return expand(cams, x.shape)
 
 
 class FasterScoreCam(ScoreCam):

@@ -20,16 +20,15 @@ any callable (N, H, W, 3) -> (N, C) probabilities, e.g. crackxai.models.predicto
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import cv2
 import keras
 import numpy as np
 from scipy import stats
 
+from crackxai.xai.batching import Predict, predict_stream
 from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES
-
-Predict = Callable[[np.ndarray], np.ndarray]
 
 HEAD_LAYER = "predictions"
 BLUR_SIGMA_FRACTION = 0.1  # blur baseline: Gaussian sigma = 10% of the image side (erases cracks)
@@ -62,6 +61,49 @@ def rank_pixels(attribution: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.lexsort((tiebreak, -flat))
 
 
+def perturbed_images(image: np.ndarray, attribution: np.ndarray, baseline: str = "blur",
+                     steps: int = 20, seed: int = 0) -> np.ndarray:
+    """The 2 * (steps + 1) images of the deletion curve, then of the insertion curve, float32
+    (2 * (steps + 1), H, W, 3): step k removes (deletion) or reveals (insertion) the top k/steps
+    of the pixels."""
+    image = np.asarray(image, dtype=np.float32)
+    h, w, c = image.shape
+    base = make_baseline(image, baseline).reshape(h * w, c)
+    flat = image.reshape(h * w, c)
+    order = rank_pixels(attribution, seed)
+    counts = np.round(np.linspace(0.0, 1.0, steps + 1) * h * w).astype(int)
+    batch = np.empty((2 * (steps + 1), h * w, c), dtype=np.float32)
+    for k, n in enumerate(counts):
+        top = order[:n]
+        batch[k] = flat
+        batch[k, top] = base[top]  # deletion: the top pixels become baseline
+        batch[steps + 1 + k] = base
+        batch[steps + 1 + k, top] = flat[top]  # insertion: the top pixels come back
+    return batch.reshape(-1, h, w, c)
+
+
+def perturbation_curves_batch(
+    predict: Predict,
+    images: np.ndarray,
+    attributions: np.ndarray,
+    targets: np.ndarray | list[int],
+    baseline: str = "blur",
+    steps: int = 20,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """perturbation_curves of N (image, map, target) triples at once: (fractions (steps + 1,),
+    deletion probabilities (N, steps + 1), insertion probabilities (N, steps + 1)). The perturbed
+    images of all of them go to the predictor in full batches of its `batch_size` (64 for a plain
+    function), made one image at a time so memory stays bounded."""
+    targets = np.asarray(targets, dtype=int).reshape(-1)
+    chunks = (perturbed_images(image, attribution, baseline, steps, seed)
+              for image, attribution in zip(images, attributions, strict=True))
+    probs = predict_stream(predict, chunks, int(getattr(predict, "batch_size", 64)))
+    probs = probs.reshape(len(targets), 2 * (steps + 1), -1)
+    target_probs = np.take_along_axis(probs, targets[:, None, None], axis=-1)[..., 0]
+    return np.linspace(0.0, 1.0, steps + 1), target_probs[:, :steps + 1], target_probs[:, steps + 1:]
+
+
 def perturbation_curves(
     predict: Predict,
     image: np.ndarray,
@@ -73,25 +115,13 @@ def perturbation_curves(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fractions, deletion probabilities, insertion probabilities), each of length steps + 1.
 
-    Step k removes (deletion) or reveals (insertion) the top k/steps of the pixels. All 2*(steps+1)
-    perturbed images go to the predictor in one call, which batches them.
+    Step k removes (deletion) or reveals (insertion) the top k/steps of the pixels
+    (perturbed_images); they go to the predictor together, in batches of its batch_size.
     """
-    image = np.asarray(image, dtype=np.float32)
-    h, w, c = image.shape
-    base = make_baseline(image, baseline).reshape(h * w, c)
-    flat = image.reshape(h * w, c)
-    order = rank_pixels(attribution, seed)
-    fractions = np.linspace(0.0, 1.0, steps + 1)
-    counts = np.round(fractions * h * w).astype(int)
-    batch = np.empty((2 * (steps + 1), h * w, c), dtype=np.float32)
-    for k, n in enumerate(counts):
-        top = order[:n]
-        batch[k] = flat
-        batch[k, top] = base[top]  # deletion: the top pixels become baseline
-        batch[steps + 1 + k] = base
-        batch[steps + 1 + k, top] = flat[top]  # insertion: the top pixels come back
-    probs = np.asarray(predict(batch.reshape(-1, h, w, c)))[:, target]
-    return fractions, probs[: steps + 1], probs[steps + 1:]
+    fractions, deletion, insertion = perturbation_curves_batch(
+        predict, np.asarray(image)[None], np.asarray(attribution)[None], [target], baseline, steps,
+        seed)
+    return fractions, deletion[0], insertion[0]
 
 
 def auc(x: np.ndarray, y: np.ndarray) -> float:
@@ -109,9 +139,24 @@ def faithfulness(
     seed: int = 0,
 ) -> dict[str, float]:
     """{'deletion_auc': lower is better, 'insertion_auc': higher is better}."""
-    x, deletion, insertion = perturbation_curves(predict, image, attribution, target, baseline,
-                                                 steps, seed)
-    return {"deletion_auc": auc(x, deletion), "insertion_auc": auc(x, insertion)}
+    return faithfulness_batch(predict, np.asarray(image)[None], np.asarray(attribution)[None],
+                              [target], baseline, steps, seed)[0]
+
+
+def faithfulness_batch(
+    predict: Predict,
+    images: np.ndarray,
+    attributions: np.ndarray,
+    targets: np.ndarray | list[int],
+    baseline: str = "blur",
+    steps: int = 20,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """faithfulness of each (image, map, target), the model seeing full batches across them."""
+    x, deletion, insertion = perturbation_curves_batch(predict, images, attributions, targets,
+                                                       baseline, steps, seed)
+    return [{"deletion_auc": auc(x, d), "insertion_auc": auc(x, i)}
+            for d, i in zip(deletion, insertion, strict=True)]
 
 
 # --- Localisation ------------------------------------------------------------------------------

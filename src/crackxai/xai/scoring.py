@@ -13,7 +13,9 @@ Metrics (crackxai.xai.metrics) per method, averaged over images:
                                      the per-image records have the signed rho as sanity_spearman)
     seconds_per_image, evals_per_image  cost of the explanation alone: wall seconds, and images
                                      through the predictor (SHAP, LIME, Score-CAM's masked
-                                     copies); a gradient CAM's forward+backward pass counts as 1
+                                     copies); a gradient CAM's forward+backward pass counts as 1.
+                                     All images are explained in one call (methods batch across
+                                     them), so these are that call's totals / N
 
 Localisation needs a ground-truth mask: images without one get NaN and, if no image has one, the
 summary says None (JSON null), never 0. The `random_baseline` entry is what a map without
@@ -32,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from crackxai.xai import metrics as EM
 from crackxai.xai import render
@@ -67,39 +68,51 @@ class Quality:
 def score_map(attribution: np.ndarray, image: np.ndarray, target: int, mask: np.ndarray | None,
               predictor: Predict, quality: Quality) -> dict[str, float]:
     """Faithfulness and localisation of one map (NaN where disabled or without a mask)."""
+    return score_maps(attribution[None], image[None], [target], [mask], predictor, quality)[0]
+
+
+def score_maps(attributions: np.ndarray, images: np.ndarray, targets: np.ndarray | list[int],
+               masks: list[np.ndarray | None] | np.ndarray, predictor: Predict,
+               quality: Quality) -> list[dict[str, float]]:
+    """score_map of each map; the faithfulness curves of all of them share full predictor
+    batches."""
     q = quality
-    out = dict.fromkeys(("deletion_auc", "insertion_auc", *LOCALISATION), float("nan"))
+    out = [dict.fromkeys(("deletion_auc", "insertion_auc", *LOCALISATION), float("nan"))
+           for _ in range(len(attributions))]
     if q.faithfulness:
-        out.update(EM.faithfulness(predictor, image, attribution, target, q.baseline, q.steps,
-                                   seed=q.seed))
+        for scores, faithful in zip(out, EM.faithfulness_batch(
+                predictor, images, attributions, targets, q.baseline, q.steps, seed=q.seed),
+                strict=True):
+            scores.update(faithful)
     if q.localisation:
-        out.update(EM.localisation(attribution, mask, q.top_k_percent, seed=q.seed))
+        for scores, attribution, mask in zip(out, attributions, masks, strict=True):
+            scores.update(EM.localisation(attribution, mask, q.top_k_percent, seed=q.seed))
     return out
 
 
 def explain_selection(explainer: Explainer, sel: Selection, predictor: Predict, quality: Quality,
                       out: Path, sanity: Explainer | None = None
                       ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Maps of every selected image, one image per call (so the cost is per image), saved under
-    `out` as maps/<method>/<name>.npy with their overlays/<method>/<name>.png, and one metrics
-    record each. `sanity` is the same method on a model with re-initialised layers."""
+    """Maps of every selected image, saved under `out` as maps/<method>/<name>.npy with their
+    overlays/<method>/<name>.png, and one metrics record each. `sanity` is the same method on a
+    model with re-initialised layers. One explain() call for all the images (so the methods
+    batch across them): the cost per image is the call's share, seconds and evaluations / N."""
     method = explainer.name
-    maps = np.zeros(sel.images.shape[:3], dtype=np.float32)
+    n = len(sel.rows)
+    maps, seconds, evals = explainer.explain_with_cost(sel.images, sel.targets)
+    rhos = [float("nan")] * n
+    if sanity is not None:
+        randomised = sanity.explain(sel.images, sel.targets)
+        rhos = [EM.rank_correlation(a, b) for a, b in zip(maps, randomised, strict=True)]
+    scores = score_maps(maps, sel.images, sel.targets, list(sel.masks), predictor, quality)
     records = []
-    for n in tqdm(range(len(sel.rows)), desc=method, unit="img", leave=False):
-        image, target = sel.images[n], int(sel.targets[n])
-        attribution, seconds, evals = explainer.explain_with_cost(image[None], [target])
-        maps[n] = attribution[0]
-        rho = float("nan")
-        if sanity is not None:
-            rho = EM.rank_correlation(maps[n], sanity.explain(image[None], [target])[0])
-        records.append({"row": n, "method": method,
-                        **score_map(maps[n], image, target, sel.masks[n], predictor, quality),
-                        "sanity_spearman": rho, "seconds": seconds, "model_evals": evals})
+    for i in range(n):
+        records.append({"row": i, "method": method, **scores[i], "sanity_spearman": rhos[i],
+                        "seconds": seconds / n, "model_evals": round(evals / n)})
         (out / "maps" / method).mkdir(parents=True, exist_ok=True)
-        np.save(out / "maps" / method / f"{sel.names[n]}.npy", maps[n])
-        render.save_png(out / "overlays" / method / f"{sel.names[n]}.png",
-                        render.overlay(image, maps[n]))
+        np.save(out / "maps" / method / f"{sel.names[i]}.npy", maps[i])
+        render.save_png(out / "overlays" / method / f"{sel.names[i]}.png",
+                        render.overlay(sel.images[i], maps[i]))
     return maps, records
 
 
@@ -125,13 +138,13 @@ def random_maps(sel: Selection, seed: int) -> np.ndarray:
 def random_baseline(sel: Selection, predictor: Predict, quality: Quality) -> list[dict[str, Any]]:
     """What a map without information scores: seeded uniform noise for the AUCs, IoU and energy;
     the expected hit of a uniformly random point for the pointing game."""
+    scores = score_maps(random_maps(sel, quality.seed), sel.images, sel.targets, list(sel.masks),
+                        predictor, quality)
     records = []
-    for n, noise in enumerate(random_maps(sel, quality.seed)):
-        scores = score_map(noise, sel.images[n], int(sel.targets[n]), sel.masks[n], predictor,
-                           quality)
+    for n, row_scores in enumerate(scores):
         if quality.localisation:
-            scores["pointing_game"] = EM.pointing_game_chance(sel.masks[n])
-        records.append({"row": n, "method": RANDOM_BASELINE, **scores})
+            row_scores["pointing_game"] = EM.pointing_game_chance(sel.masks[n])
+        records.append({"row": n, "method": RANDOM_BASELINE, **row_scores})
     return records
 
 
