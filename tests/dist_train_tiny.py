@@ -4,7 +4,8 @@ strategy, as the train stage does it. Run as a script, a fresh process per devic
 (logical devices and collectives must be set up before any TensorFlow op):
 
     python tests/dist_train_tiny.py OUT_DIR DISTRIBUTION [--logical-cpus N] [--n 64] [--size 16]
-                                    [--batch 16] [--epochs 2] [--no-sync-bn]
+                                    [--batch 16] [--epochs 2] [--no-sync-bn] [--no-augment]
+                                    [--model tiny|resnet50]
 
 TF_CONFIG in the environment makes it one worker of a cluster. Writes, on the chief only,
 OUT_DIR/weights.npz (every weight, in model.weights order), OUT_DIR/model.keras and
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--no-sync-bn", action="store_true")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--model", choices=("tiny", "resnet50"), default="tiny",
+                   help="resnet50: crackxai's own model from random init (benchmarks)")
     a = p.parse_args()
 
     from crackxai.models import distribute
@@ -86,7 +89,12 @@ def main() -> None:
     # non-chief workers write into a throw-away folder; each worker its own train state
     scratch = a.out if worker.is_chief else Path(tempfile.mkdtemp(prefix="crackxai-worker"))
     with strategy.scope():
-        model = tiny_model(a.size, 0)
+        if a.model == "resnet50":
+            from crackxai.models.resnet import build_model
+
+            model = build_model(2, a.size, None, 0.0, seed=0)
+        else:
+            model = tiny_model(a.size, 0)
         if not a.no_sync_bn:
             distribute.synchronize_batchnorm(model)
         start = time.perf_counter()

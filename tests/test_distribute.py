@@ -158,3 +158,74 @@ def test_shim_refuses_another_keras(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainer, "reduce_per_replica", lambda values, strategy: values)
     with pytest.raises(CrackxaiError, match="3.15.1"):
         distribute.check_shim_target()
+
+
+# ---------------------------------------------------------------------------------------------
+# The train stage on 2 loopback workers (crackxai train_worker), ResNet50 at 32 px from random
+# init (BatchNorm trains), 2 steps: against the same stage in one process.
+# ---------------------------------------------------------------------------------------------
+
+STAGE_ARGS = ["train.epochs=1", "train.batch_size=16", "train.patience=1",
+              "tracking.registered_model=null"]
+# Two steps of a random-init ResNet50 in another summation order: the softmax outputs agree to
+# this (measured ~1e-6); the weights are not compared (see the module docstring).
+STAGE_PRED_ATOL = 1e-4
+
+
+def stage_project(root: Path) -> Path:
+    from tests.test_train import write_processed
+
+    root.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(REPO / "conf", root / "conf")
+    write_processed(root, n_train=32, n_val=16)
+    return root
+
+
+def stage_env() -> dict[str, str]:
+    out = env()
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        out.pop(var, None)
+    return out
+
+
+def runs_in(root: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_train_stage_on_two_workers_writes_once_and_matches_one_process(tmp_path: Path) -> None:
+    single = stage_project(tmp_path / "single")
+    subprocess.run([sys.executable, "-m", "crackxai.train", *STAGE_ARGS], cwd=single,
+                   env=stage_env(), check=True, timeout=TIMEOUT, capture_output=True)
+    cluster = stage_project(tmp_path / "cluster")  # one folder for both: a shared file system
+    hosts = ",".join(f"localhost:{p}" for p in free_ports(2))
+    procs = [subprocess.Popen([sys.executable, "-m", "crackxai.train_worker", "--workers", hosts,
+                               "--index", str(i), *STAGE_ARGS], cwd=cluster, env=stage_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "worker 1 of 2" in logs[1]
+
+    # one model, one history, one run file; no worker state left behind; one MLflow run
+    assert sorted(p.name for p in (cluster / "models").iterdir()) == ["mlflow_run.json",
+                                                                      "model.keras"]
+    runs = runs_in(cluster)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["train.distribution"] == "multi_worker"
+    assert len((cluster / "reports" / "train_history.csv").read_text().splitlines()) == 2
+
+    import keras
+
+    images = np.load(single / "data" / "processed" / "val_images.npy")
+    a = keras.saving.load_model(single / "models" / "model.keras").predict(images, verbose=0)
+    b = keras.saving.load_model(cluster / "models" / "model.keras").predict(images, verbose=0)
+    np.testing.assert_allclose(a, b, atol=STAGE_PRED_ATOL)

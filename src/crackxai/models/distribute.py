@@ -28,20 +28,21 @@ a collective.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
-from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
 from crackxai.core.errors import CrackxaiError
+from crackxai.models.cluster import TF_CONFIG, Worker, tf_config, worker_from_env
+from crackxai.models.options import DISTRIBUTIONS
+
+__all__ = ["TF_CONFIG", "Worker", "check_shim_target", "install_keras_shim", "make_strategy",
+           "shard_by_data", "synchronize_batchnorm", "tf_config", "worker_from_env"]
 
 logger = logging.getLogger(__name__)
 
-DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
-TF_CONFIG = "TF_CONFIG"
 
 # What the shim was written and tested against; see install_keras_shim.
 SHIM_KERAS_VERSION = "3.15.1"
@@ -49,52 +50,6 @@ SHIM_SIGNATURES = {
     "TensorFlowTrainer._maybe_symbolic_build": "(self, iterator=None, data_batch=None)",
     "reduce_per_replica": "(values, strategy, reduction)",
 }
-
-
-@dataclass(frozen=True)
-class Worker:
-    """This process's place in the cluster: `index` of `count`; the chief (index 0) writes."""
-
-    index: int = 0
-    count: int = 1
-
-    @property
-    def is_chief(self) -> bool:
-        return self.index == 0
-
-
-def tf_config(workers: list[str], index: int) -> dict:
-    """TF_CONFIG for worker `index` of `workers` ("host:port" each, the same list on every
-    host); worker 0 is the chief."""
-    bad = [w for w in workers if w.count(":") != 1 or not w.rsplit(":", 1)[1].isdigit()]
-    if not workers or bad:
-        raise CrackxaiError(
-            f"Workers {workers} must be a non-empty list of host:port (bad: {bad}), the same list "
-            "on every host, e.g. --workers node1:12345,node2:12345.")
-    if not 0 <= index < len(workers):
-        raise CrackxaiError(f"Worker index {index} is not in 0..{len(workers) - 1} for "
-                            f"{len(workers)} workers; give each host its own index, the chief 0.")
-    return {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}}
-
-
-def worker_from_env() -> Worker:
-    """This process's Worker from TF_CONFIG (the chief of one when unset)."""
-    raw = os.environ.get(TF_CONFIG)
-    if not raw:
-        return Worker()
-    try:
-        cfg = json.loads(raw)
-        task, workers = cfg["task"], cfg["cluster"]["worker"]
-        index = int(task["index"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CrackxaiError(
-            f"{TF_CONFIG} is not a valid cluster description ({exc!r}): it must be JSON like "
-            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
-            '"index": 0}}. `crackxai train_worker` writes it for you.') from None
-    if task.get("type") != "worker" or "chief" in cfg["cluster"]:
-        raise CrackxaiError(f"{TF_CONFIG} task {task}: only 'worker' tasks are supported (worker "
-                            "0 is the chief); a separate 'chief' task is not.")
-    return Worker(index, len(workers))
 
 
 def make_strategy(name: str, logical_cpus: int = 0) -> tf.distribute.Strategy:

@@ -15,13 +15,19 @@ files there such as DVC's .gitignore are kept):
     reports/explain/metrics.json                         DVC metrics: the mean per method
     reports/explain/index.html                           grid + metrics + configuration, standalone
 
+`explain.runner=ray` computes the maps on a Ray cluster (crackxai.xai.runners: an actor pool,
+each actor loading models/model.keras once, images sent as test-split rows), then scores them here
+exactly as the local runner's; the sanity check's randomized model goes to the actors as a file.
+
 The images (xai.selection), the methods (xai.registry, each built from its explain.<method>
 section), the metrics (xai.scoring) and the report (xai.report) live in crackxai.xai.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,7 @@ from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.tracking.runs import config_params, read_run_file, redact, resume_model_run
 from crackxai.xai import metrics as EM
-from crackxai.xai import registry, render, scoring
+from crackxai.xai import registry, render, runners, scoring
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.report import report_html
 from crackxai.xai.selection import explicit_images, select
@@ -81,6 +87,17 @@ def log_to_mlflow(metrics: dict[str, Any], out: Path) -> None:
     mlflow.log_artifacts(str(out / "overlays"), "overlays")
 
 
+def remote_maps(cfg: Config, method: str, layer: str | None, like: Any, sel: Any,
+                model_path: Path) -> runners.Precomputed:
+    """The selection's maps from the Ray runner, as an Explainer the scoring code can call."""
+    e = cfg.explain
+    job = runners.Job(str(model_path), str(PROCESSED_DIR / "test_images.npy"), method,
+                      explainer_settings(cfg, method), layer, e.batch_size, cfg.seed)
+    result = runners.explain_maps("ray", job, sel.rows, sel.targets, e.ray.address,
+                                  e.ray.num_actors)
+    return runners.Precomputed(like, sel.images, sel.targets, result)
+
+
 def main(cfg: Config) -> dict[str, Any]:
     e = cfg.explain
     test = load_split("test", PROCESSED_DIR)
@@ -110,8 +127,16 @@ def main(cfg: Config) -> dict[str, Any]:
         log(STAGE, f"sanity check against a copy with '{quality.randomize}' re-initialised "
                    f"({len(EM.randomized_layer_names(model, quality.randomize))} layers)")
 
+    remote = e.runner == "ray"
     with resume_model_run(cfg, RUN_FILE, project_root(), nested_name=STAGE) as run, \
-            staged_outputs(EXPLAIN_DIR) as out:
+            staged_outputs(EXPLAIN_DIR) as out, contextlib.ExitStack() as stack:
+        if remote:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crackxai-")))
+            stack.enter_context(runners.ray_cluster(e.ray.address))
+            if random_model is not None:
+                random_model.save(scratch / "random.keras")  # actors load models by path
+            log(STAGE, f"runner ray: {e.ray.num_actors} actors at "
+                       f"{e.ray.address or 'a private local cluster'}")
         mlflow.log_params({k: v for k, v in config_params(cfg).items()
                            if k.startswith("explain.") or k == "seed"})
         mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))
@@ -128,6 +153,11 @@ def main(cfg: Config) -> dict[str, Any]:
                 sanity = (registry.create(method, model=random_model, predictor=random_predictor,
                                           layer=layer, **settings)
                           if random_model is not None else None)
+                if remote:
+                    explainer = remote_maps(cfg, method, layer, explainer, sel, MODEL_FILE)
+                    if sanity is not None:
+                        sanity = remote_maps(cfg, method, layer, sanity, sel,
+                                             scratch / "random.keras")
                 maps_by_method[method], method_records = scoring.explain_selection(
                     explainer, sel, predictor, quality, out, sanity)
             records += method_records
