@@ -197,6 +197,7 @@ def runs_in(root: Path) -> list:
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
+@pytest.mark.slow  # three ResNet50 trainings; ~2 min on a quiet 2-core machine
 def test_train_stage_on_two_workers_writes_once_and_matches_one_process(tmp_path: Path) -> None:
     single = stage_project(tmp_path / "single")
     subprocess.run([sys.executable, "-m", "crackxai.train", *STAGE_ARGS], cwd=single,

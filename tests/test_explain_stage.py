@@ -327,6 +327,27 @@ def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
     assert (out / ".gitignore").read_text() == "/maps\n"
 
 
+def test_ray_runner_gives_the_local_maps(stage, tmp_path: Path):
+    """explain.runner=ray on a private local Ray cluster (2 actors): the same maps in the same
+    files, the same quality metrics (the sanity check's randomised model goes by file too)."""
+    pytest.importorskip("ray", reason="the optional `ray` group is not installed")
+    project, _ = copy_project(stage["project"], tmp_path / "p")
+    run_in_process(project, "explain.images=[0,1]", f"explain.methods=[{','.join(FAST)}]",
+                   "explain.runner=ray", "explain.ray.num_actors=2")
+    maps = load_maps(project)
+    assert sorted(maps) == sorted(stage["maps"])
+    for path, local in stage["maps"].items():
+        np.testing.assert_allclose(maps[path], local, atol=1e-6, err_msg=str(path))
+    ours = json.loads((project / "reports" / "explain" / "metrics.json").read_text())
+    theirs = json.loads((stage["project"] / "reports" / "explain" / "metrics.json").read_text())
+    for method in FAST:
+        for key in ("deletion_auc", "insertion_auc", "pointing_game", "sanity_abs_spearman",
+                    "evals_per_image"):
+            expected = theirs[method][key]
+            assert ours[method][key] == (expected if expected is None else
+                                         pytest.approx(expected, abs=1e-6)), key
+
+
 @pytest.mark.slow
 def test_entry_point_all_six_methods(template: Path, tmp_path: Path):
     """`python -m crackxai.explain experiment=smoke` with every method (~1-4 min on 2 cores)."""

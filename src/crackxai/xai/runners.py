@@ -158,38 +158,46 @@ def import_ray() -> Any:
 
 @contextlib.contextmanager
 def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
-    """Connected to the cluster at `address`, or to a private local one started (and stopped)
-    here: temp files in its own folder, no dashboard, no usage report, no ~/.ray token file."""
-    ray = import_ray()
-    if ray.is_initialized():  # the caller's own connection: use it as it is
-        yield ray
-        return
+    """Connected to the cluster at `address` (left running), or to a private local one started
+    and stopped here: temp files in its own folder, no dashboard, no usage report, no ~/.ray
+    token file. Inside an existing `ray.init` of the caller's, that connection is used."""
     if address:
+        ray = import_ray()
+        if ray.is_initialized():  # the caller's own connection, used as it is
+            yield ray
+            return
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         try:
             yield ray
         finally:
-            ray.shutdown()
+            ray.shutdown()  # disconnects; the cluster keeps running
         return
-    with tempfile.TemporaryDirectory(prefix="crackxai-ray-") as tmp:
-        # A private local cluster: bound to this machine and gone when the job ends, so no
-        # token file under ~/.ray (Ray >= 2.59 writes one for local clusters by default).
-        env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+    # A private local cluster on this machine, gone when the job ends: no token file under
+    # ~/.ray (Ray >= 2.59 writes one for local clusters), no usage report, and the workers run
+    # this Python as it is (under `uv run` Ray would otherwise re-create the environment with
+    # `uv run` from a packaged copy of the working folder). Read when ray is imported.
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        ray = import_ray()
+        if ray.is_initialized():
+            yield ray
+            return
+        with tempfile.TemporaryDirectory(prefix="crackxai-ray-") as tmp:
             ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp,
                      logging_level=logging.WARNING, log_to_driver=False)
             try:
                 yield ray
             finally:
                 ray.shutdown()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _explain_ray(job: Job, rows: np.ndarray, targets: np.ndarray, address: str | None,
