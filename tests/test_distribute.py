@@ -209,7 +209,7 @@ def test_train_stage_on_two_workers_writes_once_and_matches_one_process(tmp_path
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+        logs = [p.communicate(timeout=3 * TIMEOUT)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()

@@ -175,7 +175,8 @@ def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[An
     # A private local cluster on this machine, gone when the job ends: no token file under
     # ~/.ray (Ray >= 2.59 writes one for local clusters), no usage report, and the workers run
     # this Python as it is (under `uv run` Ray would otherwise re-create the environment with
-    # `uv run` from a packaged copy of the working folder). Read when ray is imported.
+    # `uv run` from a packaged copy of the working folder). Ray reads these when first
+    # imported: a process that imported ray before keeps its own settings.
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     saved = {k: os.environ.get(k) for k in env}
