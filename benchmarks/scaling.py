@@ -7,7 +7,7 @@
 Training: tests/dist_train_tiny.py --model resnet50 (crackxai's model, random init, so BatchNorm
 trains and is synchronized; the global batch is the same in both runs) as one process
 (train.distribution=none) and as 2 MultiWorkerMirroredStrategy workers on loopback ports; the
-images/s of the fit (the first epoch, which traces, included; the chief's figure).
+images/s of the last epoch (past tracing; the chief's figure).
 Explaining: Grad-CAM of the same model over --explain-n images, the local runner vs Ray with 2
 actors on a private local cluster (its start-up not timed; the actors' model loads are).
 
