@@ -165,10 +165,12 @@ def test_shim_refuses_another_keras(monkeypatch: pytest.MonkeyPatch) -> None:
 # init (BatchNorm trains), 2 steps: against the same stage in one process.
 # ---------------------------------------------------------------------------------------------
 
+# model.dropout=0: a dropout mask is drawn per replica, for its part of the batch, so with
+# dropout the runs agree in distribution only (measured: predictions 0.017 apart after 2 steps).
 STAGE_ARGS = ["train.epochs=1", "train.batch_size=16", "train.patience=1",
-              "tracking.registered_model=null"]
-# Two steps of a random-init ResNet50 in another summation order: the softmax outputs agree to
-# this (measured ~1e-6); the weights are not compared (see the module docstring).
+              "tracking.registered_model=null", "model.dropout=0"]
+# Two steps of a random-init ResNet50 in another summation order; the weights are not compared
+# (see the module docstring).
 STAGE_PRED_ATOL = 1e-4
 
 
