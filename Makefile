@@ -27,11 +27,16 @@ else
 $(error TF must be cpu or gpu, not '$(TF)')
 endif
 
+# Optional dependency groups: RAY=1 adds `ray` (explain.runner=ray). The test targets always add
+# it, so `make test` and CI exercise the Ray runner; `make setup` / `make run` stay lean.
+EXTRA_GROUPS := $(if $(filter 1,$(RAY)),--group ray)
+TEST_GROUPS := --group ray
+
 .PHONY: setup setup-gpu run test test-slow lint params bench clean readme-scorecard
 
 setup:  ## install the locked environment into .venv (TF=gpu: the CUDA build of TensorFlow)
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --compile-bytecode --python 3.11 $(UV_GROUPS)$(if $(TF_REPAIR), $(TF_REPAIR))
+	$(UV) sync --frozen --compile-bytecode --python 3.11 $(UV_GROUPS) $(EXTRA_GROUPS)$(if $(TF_REPAIR), $(TF_REPAIR))
 	@$(if $(filter gpu,$(TF)),touch $(TF_GPU_MARK),rm -f $(TF_GPU_MARK))
 
 setup-gpu:  ## install the locked environment with tensorflow[and-cuda] instead of tensorflow-cpu
@@ -40,11 +45,13 @@ setup-gpu:  ## install the locked environment with tensorflow[and-cuda] instead 
 run: setup  ## download -> preprocess -> train -> evaluate -> explain on the embedded synthetic data
 	$(UV) run --frozen $(UV_GROUPS) dvc repro
 
-test: setup  ## the default (fast) test suite
-	$(UV) run --frozen $(UV_GROUPS) pytest
+test: setup  ## the default (fast) test suite (adds the optional ray group)
+	$(UV) sync --frozen --inexact --compile-bytecode --python 3.11 $(UV_GROUPS) $(TEST_GROUPS)
+	$(UV) run --frozen $(UV_GROUPS) $(TEST_GROUPS) pytest
 
 test-slow: setup  ## the slow, end-to-end tests (real-data sample, full sweeps)
-	$(UV) run --frozen $(UV_GROUPS) pytest -m slow
+	$(UV) sync --frozen --inexact --compile-bytecode --python 3.11 $(UV_GROUPS) $(TEST_GROUPS)
+	$(UV) run --frozen $(UV_GROUPS) $(TEST_GROUPS) pytest -m slow
 
 lint: setup
 	$(UV) run --frozen $(UV_GROUPS) ruff check src tests benchmarks

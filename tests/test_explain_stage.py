@@ -5,6 +5,7 @@ point in a subprocess with all six methods."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -367,6 +368,28 @@ def test_rerun_same_maps_no_stale_files_and_no_masks(stage, tmp_path: Path):
         assert all(metrics[method][k] is None for k in LOCALISATION)
     assert not list(out.parent.glob(".explain*"))  # no staging folder left behind
     assert (out / ".gitignore").read_text() == "/maps\n"
+
+
+def test_ray_runner_gives_the_local_maps(stage, tmp_path: Path):
+    """explain.runner=ray on a private local Ray cluster (2 actors): the same maps in the same
+    files, the same quality metrics (the sanity check's randomised model goes by file too)."""
+    if importlib.util.find_spec("ray") is None:  # not imported here: see tests/test_runners.py
+        pytest.skip("the optional `ray` group is not installed")
+    project, _ = copy_project(stage["project"], tmp_path / "p")
+    run_in_process(project, "explain.images=[0,1]", f"explain.methods=[{','.join(FAST)}]",
+                   "explain.runner=ray", "explain.ray.num_actors=2")
+    maps = load_maps(project)
+    assert sorted(maps) == sorted(stage["maps"])
+    for path, local in stage["maps"].items():
+        np.testing.assert_allclose(maps[path], local, atol=1e-6, err_msg=str(path))
+    ours = json.loads((project / "reports" / "explain" / "metrics.json").read_text())
+    theirs = json.loads((stage["project"] / "reports" / "explain" / "metrics.json").read_text())
+    for method in FAST:
+        for key in ("deletion_auc", "insertion_auc", "pointing_game", "sanity_abs_spearman",
+                    "evals_per_image"):
+            expected = theirs[method][key]
+            assert ours[method][key] == (expected if expected is None else
+                                         pytest.approx(expected, abs=1e-6)), key
 
 
 @pytest.mark.slow

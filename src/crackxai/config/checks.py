@@ -16,6 +16,7 @@ from typing import Any
 from crackxai.config.schema import (
     BASELINES,
     DATA_SOURCES,
+    DISTRIBUTIONS,
     EXPLAIN_METHODS,
     GROUP_BY,
     HASH_BITS,
@@ -24,6 +25,7 @@ from crackxai.config.schema import (
     MODEL_NAMES,
     PRECISIONS,
     RANDOMIZE,
+    RUNNERS,
     Config,
     SplitConfig,
 )
@@ -184,6 +186,8 @@ def _check_model_and_train(cfg: Config, check: _Checker) -> None:
     check(_positive(ft.lr), "train.fine_tune.lr", ft.lr, "a positive number, e.g. 1e-5")
     check(ft.epochs >= 0, "train.fine_tune.epochs", ft.epochs, "an integer >= 0")
     check(t.precision in PRECISIONS, "train.precision", t.precision, " | ".join(PRECISIONS))
+    check(t.distribution in DISTRIBUTIONS, "train.distribution", t.distribution,
+          " | ".join(DISTRIBUTIONS))
 
 
 def _check_evaluate(cfg: Config, check: _Checker) -> None:
@@ -215,6 +219,12 @@ def _check_explain(cfg: Config, check: _Checker, origin: Origin) -> None:
     check(e.cam_min_size >= 1, "explain.cam_min_size", e.cam_min_size, "an integer >= 1")
     check(e.batch_size > 0, "explain.batch_size", e.batch_size,
           "a positive integer (images per prediction batch)")
+    check(e.runner in RUNNERS, "explain.runner", e.runner, " | ".join(RUNNERS))
+    check(e.ray.address is None or bool(e.ray.address.strip()), "explain.ray.address",
+          e.ray.address, "null (a private local cluster) or a cluster address, e.g. auto or "
+          "ray://head:10001")
+    check(e.ray.num_actors >= 1, "explain.ray.num_actors", e.ray.num_actors,
+          "a positive integer (actors, each holding the model once)")
     _check_shap_masker(e.shap.masker, check)
     check(e.shap.max_evals > 1, "explain.shap.max_evals", e.shap.max_evals, "an integer > 1")
     check(e.shap.batch_size > 0, "explain.shap.batch_size", e.shap.batch_size,

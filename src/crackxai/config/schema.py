@@ -20,14 +20,16 @@ from omegaconf import MISSING
 
 from crackxai.data.groups import GROUP_BY, HASH_BITS  # noqa: F401 - for the checks
 from crackxai.data.sources import SOURCES as DATA_SOURCES  # noqa: F401 - for the checks
-from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES  # noqa: F401 - for the checks
+from crackxai.models.options import DISTRIBUTIONS  # noqa: F401 - for the checks
+from crackxai.xai.options import BASELINES, RANDOMIZE_STAGES, RUNNERS  # noqa: F401 - for the checks
 from crackxai.xai.registry import NAMES as EXPLAIN_METHODS  # noqa: F401 - for the checks
 
 __all__ = [  # what `from crackxai.config.schema import *` (crackxai.config) re-exports
-    "BASELINES", "DATA_SOURCES", "EXPLAIN_METHODS", "GROUP_BY", "HASH_BITS", "MAX_SEED", "MIN_IMAGE_SIZE", "MODEL_NAMES",
-    "PRECISIONS", "RANDOMIZE", "AugmentConfig", "Config", "DataConfig", "EvaluateConfig",
+    "BASELINES", "DATA_SOURCES", "DISTRIBUTIONS", "EXPLAIN_METHODS", "GROUP_BY", "HASH_BITS",
+    "MAX_SEED", "MIN_IMAGE_SIZE", "MODEL_NAMES", "PRECISIONS", "RANDOMIZE", "RUNNERS",
+    "AugmentConfig", "Config", "DataConfig", "EvaluateConfig",
     "ExplainConfig", "ExplainMetricsConfig", "FineTuneConfig", "LimeConfig", "ModelConfig",
-    "PreprocessConfig", "ScorecamConfig", "SegmentationConfig", "ShapConfig", "SplitConfig",
+    "PreprocessConfig", "RayConfig", "ScorecamConfig", "SegmentationConfig", "ShapConfig", "SplitConfig",
     "SyntheticConfig", "TrackingConfig", "TrainConfig", "leaf_types", "section_keys",
 ]
 
@@ -104,6 +106,7 @@ class TrainConfig:
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     precision: str = MISSING
     deterministic: bool = MISSING
+    distribution: str = MISSING
 
 
 @dataclass
@@ -178,6 +181,12 @@ class ExplainMetricsConfig:
 
 
 @dataclass
+class RayConfig:
+    address: str | None = MISSING
+    num_actors: int = MISSING
+
+
+@dataclass
 class ExplainConfig:
     n_images: int = MISSING
     grid_images: int = MISSING
@@ -193,6 +202,8 @@ class ExplainConfig:
     faster_scorecam: ScorecamConfig = field(default_factory=ScorecamConfig)
     lime: LimeConfig = field(default_factory=LimeConfig)
     metrics: ExplainMetricsConfig = field(default_factory=ExplainMetricsConfig)
+    runner: str = MISSING
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass

@@ -21,6 +21,10 @@ files there such as DVC's .gitignore are kept):
     reports/explain/cascading.{csv,png}                  cascading randomisation curves
     reports/explain/index.html                           scorecard + grid + metrics, standalone
 
+`explain.runner=ray` computes the maps on a Ray cluster (crackxai.xai.runners: an actor pool,
+each actor loading models/model.keras once, images sent as test-split rows), then scores them here
+exactly as the local runner's; the sanity check's randomized model goes to the actors as a file.
+
 The images (xai.selection), the methods (xai.registry, each built from its explain.<method>
 section), the metrics (xai.scoring, xai.assess), the scorecard (xai.scorecard) and the report
 (xai.report) live in crackxai.xai.
@@ -28,7 +32,9 @@ section), the metrics (xai.scoring, xai.assess), the scorecard (xai.scorecard) a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,7 @@ import keras
 import mlflow
 from omegaconf import OmegaConf
 
-from crackxai.config import Config, to_dict
+from crackxai.config import Config, explainer_settings, to_dict
 from crackxai.config.entry import run_stage
 from crackxai.config.explain import explainer_factory, quality_settings, rerun_settings
 from crackxai.core.entry import log
@@ -56,7 +62,7 @@ from crackxai.models.io import load_model
 from crackxai.models.predictor import Predictor
 from crackxai.tracking.runs import config_params, read_run_file, redact, resume_model_run
 from crackxai.xai import metrics as EM
-from crackxai.xai import registry, scorecard
+from crackxai.xai import registry, runners, scorecard
 from crackxai.xai.assess import assess, write_outputs
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.report import report_html
@@ -103,6 +109,29 @@ OUTPUT_FILES = ("grid.png", "index.html", "metrics.json", "per_image.csv", "scor
                 "cascading.png")
 
 
+def remote_makes(cfg: Config, makes: dict[str, Any], layer: str | None, sel: Any,
+                 models: dict[int, Path]) -> dict[str, Any]:
+    """`makes` whose explainers, for the models in `models` (id -> saved file) at the run's seed,
+    hand out maps the Ray runner computed once per (method, model); every other call (the
+    reruns' perturbed images, other seeds, cascading copies) explains locally."""
+    e, done = cfg.explain, {}
+
+    def remote(method: str, make: Any) -> Any:
+        def make_remote(model: Any, predictor: Any, seed: int) -> Any:
+            like = make(model, predictor, seed)
+            path = models.get(id(model))
+            if path is None or seed != cfg.seed:
+                return like
+            if (method, path) not in done:
+                job = runners.Job(str(path), str(PROCESSED_DIR / "test_images.npy"), method,
+                                  explainer_settings(cfg, method), layer, e.batch_size, cfg.seed)
+                done[method, path] = runners.explain_maps("ray", job, sel.rows, sel.targets,
+                                                          e.ray.address, e.ray.num_actors)
+            return runners.Precomputed(like, sel.images, sel.targets, done[method, path])
+        return make_remote
+    return {method: remote(method, make) for method, make in makes.items()}
+
+
 def main(cfg: Config) -> dict[str, Any]:
     e = cfg.explain
     test = load_split("test", PROCESSED_DIR)
@@ -135,14 +164,27 @@ def main(cfg: Config) -> dict[str, Any]:
     def predictor_for(m: keras.Model) -> Predictor:
         return predictor if m is model else Predictor(m, batch_size=e.batch_size)
 
+    remote = e.runner == "ray"
     with resume_model_run(cfg, RUN_FILE, project_root(), nested_name=STAGE) as run, \
-            staged_outputs(EXPLAIN_DIR) as out:
+            staged_outputs(EXPLAIN_DIR) as out, contextlib.ExitStack() as stack:
+        if remote:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crackxai-")))
+            stack.enter_context(runners.ray_cluster(e.ray.address))
+            if random_model is not None:
+                random_model.save(scratch / "random.keras")  # actors load models by path
+            log(STAGE, f"runner ray: {e.ray.num_actors} actors at "
+                       f"{e.ray.address or 'a private local cluster'}")
         mlflow.log_params({k: v for k, v in config_params(cfg).items()
                            if k.startswith("explain.") or k == "seed"})
         mlflow.set_tag("crackxai.explain.images", json.dumps(sel.rows.tolist()))
         if layer:
             mlflow.set_tag("crackxai.explain.cam_layer", layer)
         makes = {method: explainer_factory(cfg, method, layer) for method in e.methods}
+        if remote:
+            saved = {id(model): MODEL_FILE}
+            if random_model is not None:
+                saved[id(random_model)] = scratch / "random.keras"
+            makes = remote_makes(cfg, makes, layer, sel, saved)
         result = assess(makes, model, predictor_for, sel, quality, reruns, out, random_model,
                         log=lambda message: log(STAGE, message))
         boot = e.metrics.bootstrap

@@ -11,6 +11,12 @@ numbered continuously across phases (1-based) in reports/train_history.csv and i
 `model.weights` may also name a saved model (a .keras file, `runs:/...`, `models:/name@alias`):
 its backbone is the starting point (crackxai.models.resnet.warm_start), the head is new.
 
+`train.distribution` spreads each step over devices or hosts (crackxai.models.distribute; README
+"Scaling out"): `train.batch_size` is the global batch and `train.lr` is used as given, so the
+same config trains the same model. Under multi_worker (`crackxai train_worker` on each host) only
+the chief (worker 0) writes the outputs below and the MLflow run; the other workers write into a
+throw-away folder and keep their own resume state in models/.train_state-worker<i>.
+
 A killed run resumes when rerun: models/.train_state holds Keras's BackupAndRestore state per
 phase, the history so far, the best checkpoint and the MLflow run id, and is removed after a
 successful finish. It is discarded when the configuration or the data changed in between.
@@ -27,7 +33,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import keras
 
 from crackxai.config import Config, to_dict
 from crackxai.config.entry import run_stage
@@ -43,10 +53,12 @@ from crackxai.core.paths import (
     project_root,
 )
 from crackxai.data.processed import Split
+from crackxai.models import distribute
 from crackxai.models.io import inference_model, save_model
 from crackxai.models.resnet import build_model, resolve_weights
 from crackxai.models.sources import is_warm_start
 from crackxai.models.training import (
+    Phase,
     configure_runtime,
     load_train_val,
     make_dataset,
@@ -77,11 +89,65 @@ def fingerprint(cfg: Config, train: Split, val: Split) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def fit(cfg: Config, strategy: Any, plan: list[Phase], train: Split, val: Split,
+        weights: str | None, state_dir: Path, history_csv: Path,
+        callbacks: list) -> tuple[keras.Model, list[dict]]:
+    """Build the model from `weights` (model.weights, a warm start's URI resolved to its file)
+    and train it under `strategy`; returns it (BatchNorm unsynchronized again, so the saved model
+    loads anywhere) and the history."""
+    m, t = cfg.model, cfg.train
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        log(STAGE, f"building ResNet50 (weights={m.weights}"
+                   + (f", backbone from {weights}, new head" if is_warm_start(m.weights) else "")
+                   + f", {t.precision})")
+        model = build_model(len(train.classes), train.images.shape[1], weights, m.dropout,
+                            seed=cfg.seed)
+        if replicas > 1:  # batch statistics over the global batch wherever BatchNorm trains
+            distribute.synchronize_batchnorm(model)
+            log(STAGE, f"{t.distribution}: {replicas} replicas, global batch {t.batch_size} "
+                       f"({t.batch_size / replicas:g} per replica), lr as configured")
+        # augmentation in the input pipeline (train only), not in the saved model
+        train_ds = make_dataset(train, t.batch_size, shuffle_seed=cfg.seed, flip=m.augment.flip,
+                                translate=m.augment.translate, augment_seed=cfg.seed)
+        rows = run_phases(model, plan, distribute.shard_by_data(train_ds),
+                          distribute.shard_by_data(make_dataset(val, t.batch_size)), state_dir,
+                          history_csv, t.patience, callbacks=callbacks)
+    distribute.synchronize_batchnorm(model, on=False)
+    return model, rows
+
+
+def val_metrics(rows: list[dict]) -> dict[str, Any]:
+    best = min(rows, key=lambda r: r["val_loss"])
+    return {"val/loss": best["val_loss"], "val/accuracy": best["val_accuracy"],
+            "epochs": len(rows)}
+
+
+def replica_worker(cfg: Config, strategy: Any, worker: distribute.Worker, plan: list[Phase],
+                   train: Split, val: Split, weights: str | None) -> dict[str, Any]:
+    """A non-chief worker: the same collective steps as the chief, its files thrown away."""
+    state_dir = TRAIN_STATE_DIR.with_name(f"{TRAIN_STATE_DIR.name}-worker{worker.index}")
+    fp = fingerprint(cfg, train, val)
+    open_state(state_dir, fp, lambda old: None)
+    write_json(state_dir / "state.json", {"fingerprint": fp})
+    log(STAGE, f"worker {worker.index} of {worker.count}: the chief writes the outputs and the "
+               f"MLflow run; train state in {state_dir}")
+    with tempfile.TemporaryDirectory(prefix=f"crackxai-worker{worker.index}-") as scratch:
+        model, rows = fit(cfg, strategy, plan, train, val, weights, state_dir,
+                          Path(scratch) / TRAIN_HISTORY.name, callbacks=[])
+        save_model(model, Path(scratch) / MODEL_FILE.name)  # as the chief: saving may read
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return val_metrics(rows)
+
+
 def main(cfg: Config) -> dict[str, Any]:
     """Train, save models/model.keras and return the kept epoch's val metrics."""
     import mlflow
 
     m, t = cfg.model, cfg.train
+    strategy = distribute.make_strategy(t.distribution)  # first: before any TensorFlow op
+    worker = distribute.worker_from_env() if t.distribution == "multi_worker" else \
+        distribute.Worker()
     configure_runtime(t.precision, cfg.seed, t.deterministic)
     train, val = load_train_val(PROCESSED_DIR)
     size = train.images.shape[1]
@@ -95,6 +161,8 @@ def main(cfg: Config) -> dict[str, Any]:
                if is_warm_start(m.weights) else m.weights)
     plan = plan_phases(resolve_weights(weights) is not None, t.epochs, t.lr,
                        t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
+    if not worker.is_chief:
+        return replica_worker(cfg, strategy, worker, plan, train, val, weights)
     connect(resolve_tracking_uri(cfg.tracking.uri, root), cfg.tracking.experiment)  # fails fast
 
     state_dir = TRAIN_STATE_DIR
@@ -109,15 +177,8 @@ def main(cfg: Config) -> dict[str, Any]:
                f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
                f"train state in {state_dir}")
     try:
-        log(STAGE, f"building ResNet50 (weights={m.weights}"
-                   + (f", backbone from {weights}, new head" if is_warm_start(m.weights) else "")
-                   + f", {t.precision})")
-        model = build_model(len(train.classes), size, weights, m.dropout, seed=cfg.seed)
-        # augmentation in the input pipeline (train only), not in the saved model
-        train_ds = make_dataset(train, t.batch_size, shuffle_seed=cfg.seed, flip=m.augment.flip,
-                                translate=m.augment.translate, augment_seed=cfg.seed)
-        rows = run_phases(model, plan, train_ds, make_dataset(val, t.batch_size), state_dir,
-                          TRAIN_HISTORY, t.patience, callbacks=[MlflowLogger()])
+        model, rows = fit(cfg, strategy, plan, train, val, weights, state_dir, TRAIN_HISTORY,
+                          callbacks=[MlflowLogger()])
         model = inference_model(model)  # no optimizer state, in the file or in MLflow
         save_model(model, MODEL_FILE)
         write_history_csv(rows, TRAIN_HISTORY)
@@ -137,9 +198,7 @@ def main(cfg: Config) -> dict[str, Any]:
     mlflow.end_run()
     shutil.rmtree(state_dir, ignore_errors=True)
     log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in {RUN_FILE}")
-    best = min(rows, key=lambda r: r["val_loss"])
-    return {"val/loss": best["val_loss"], "val/accuracy": best["val_accuracy"],
-            "epochs": len(rows)}
+    return val_metrics(rows)
 
 
 if __name__ == "__main__":

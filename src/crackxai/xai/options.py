@@ -24,3 +24,6 @@ SEGMENTATION_ALGOS = ("quickshift", "slic", "felzenszwalb")
 BASELINES = ("blur", "mean", "black")
 # explain.metrics.randomize -> the layer-name prefixes re-initialised besides the head (sanity check)
 RANDOMIZE_STAGES = {"head": (), "top_block": ("conv5_",), "top_2_blocks": ("conv5_", "conv4_")}
+
+# explain.runner: where the maps are computed (crackxai.xai.runners)
+RUNNERS = ("local", "ray")
