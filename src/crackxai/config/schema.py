@@ -99,6 +99,7 @@ class TrainConfig:
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     precision: str = MISSING
     deterministic: bool = MISSING
+    ood_quantile: float = MISSING
 
 
 @dataclass
