@@ -142,6 +142,8 @@ def test_presets_compose():
         ("train.fine_tune.unfreeze=-1", "train.fine_tune.unfreeze"),
         ("train.fine_tune.lr=0", "train.fine_tune.lr"),
         ("train.fine_tune.epochs=-1", "train.fine_tune.epochs"),
+        ("train.ood_quantile=1", "train.ood_quantile"),
+        ("train.ood_quantile=0", "train.ood_quantile"),
         ("seed=-1", "seed"),
         ("seed=4294967296", "seed"),
         ("tracking.experiment=''", "tracking.experiment"),

@@ -188,6 +188,9 @@ def _check_model_and_train(cfg: Config, check: _Checker) -> None:
     check(t.precision in PRECISIONS, "train.precision", t.precision, " | ".join(PRECISIONS))
     check(t.distribution in DISTRIBUTIONS, "train.distribution", t.distribution,
           " | ".join(DISTRIBUTIONS))
+    check(_fraction(t.ood_quantile, low_open=True, high_open=True), "train.ood_quantile",
+          t.ood_quantile, "a number in (0, 1): the share of the validation split the "
+          "out-of-distribution detector lets pass, e.g. 0.95")
 
 
 def _check_evaluate(cfg: Config, check: _Checker) -> None:

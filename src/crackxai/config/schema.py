@@ -107,6 +107,7 @@ class TrainConfig:
     precision: str = MISSING
     deterministic: bool = MISSING
     distribution: str = MISSING
+    ood_quantile: float = MISSING
 
 
 @dataclass

@@ -14,6 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+OOD_SUFFIX = ".ood.npz"  # models/model.keras -> models/model.ood.npz
+
+
+def ood_file_for(model_file: str | Path) -> Path:
+    """The out-of-distribution detector saved beside a model file (crackxai.models.ood)."""
+    path = Path(model_file)
+    return path.with_name(path.name.removesuffix(".keras") + OOD_SUFFIX)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -40,6 +48,10 @@ class Layout:
     @property
     def model_file(self) -> Path:
         return self.models_dir / "model.keras"
+
+    @property
+    def ood_file(self) -> Path:
+        return ood_file_for(self.model_file)  # the model's out-of-distribution detector
 
     @property
     def run_file(self) -> Path:
@@ -88,6 +100,7 @@ MANIFEST = _HERE.manifest
 PROCESSED_DIR = _HERE.processed_dir
 MODELS_DIR = _HERE.models_dir
 MODEL_FILE = _HERE.model_file
+OOD_FILE = _HERE.ood_file
 RUN_FILE = _HERE.run_file
 TRAIN_STATE_DIR = _HERE.train_state_dir
 REPORTS_DIR = _HERE.reports_dir

@@ -28,6 +28,7 @@ RESNET50_NOTOP_URL = (
 )
 RESNET_STAGES = ("conv5_", "conv4_", "conv3_", "conv2_")  # top to bottom, for fine-tuning
 LAST_CONV_LAYER = "conv5_block3_out"
+OOD_LAYER = "conv2_block3_out"  # texture statistics for crackxai.models.ood
 
 
 # keras.applications.resnet.preprocess_input ('caffe' mode): RGB -> BGR, minus this BGR mean.

@@ -22,10 +22,13 @@ phase, the history so far, the best checkpoint and the MLflow run id, and is rem
 successful finish. It is discarded when the configuration or the data changed in between.
 
 Outputs: models/model.keras (raw 0-255 RGB in, softmax over classes.json's classes out; standard
-Keras layers only, so plain `keras.saving.load_model` reads it), models/mlflow_run.json (the run
+Keras layers only, so plain `keras.saving.load_model` reads it), models/model.ood.npz (its
+out-of-distribution detector, crackxai.models.ood, fit on the train features with the threshold
+set on val; also the run's artifact ood/model.ood.npz), models/mlflow_run.json (the run
 later stages log into), reports/train_history.csv. In MLflow the run holds the same model as the
-served MLflow model (`runs:/<run_id>/model`: probabilities and Grad-CAM for images of any size),
-registered as a new version of `tracking.registered_model` (crackxai.tracking.registry).
+served MLflow model (`runs:/<run_id>/model`: probabilities and Grad-CAM for images of any size,
+with the detector's out-of-distribution flag), registered as a new version of
+`tracking.registered_model` (crackxai.tracking.registry).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from crackxai.core.io import write_json
 from crackxai.core.paths import (
     MANIFEST,
     MODEL_FILE,
+    OOD_FILE,
     PROCESSED_DIR,
     RUN_FILE,
     TRAIN_HISTORY,
@@ -55,6 +59,7 @@ from crackxai.core.paths import (
 from crackxai.data.processed import Split
 from crackxai.models import distribute
 from crackxai.models.io import inference_model, save_model
+from crackxai.models.ood import fit_for_model
 from crackxai.models.resnet import build_model, resolve_weights
 from crackxai.models.sources import is_warm_start
 from crackxai.models.training import (
@@ -183,6 +188,12 @@ def main(cfg: Config) -> dict[str, Any]:
         save_model(model, MODEL_FILE)
         write_history_csv(rows, TRAIN_HISTORY)
         log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
+        detector = fit_for_model(model, train.images, train.labels, val.images, t.ood_quantile,
+                                 t.batch_size)
+        detector.save(OOD_FILE)
+        mlflow.log_artifact(str(OOD_FILE), "ood")  # beside the MLflow model, for serving
+        log(STAGE, f"wrote {OOD_FILE}: out-of-distribution threshold {detector.threshold:.1f} "
+                   f"(passes {t.ood_quantile:.0%} of val)")
         # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
         logged = log_model(MODEL_FILE, train.classes, val.images[:1],
                            cfg.tracking.registered_model, gradcam=gradcam_settings(cfg),

@@ -16,6 +16,13 @@ as many as the model has outputs. Two-class models: the positive class is --posi
 Writes into --out (default reports/folder_eval/<folder name>/) the same metrics and plots as the
 evaluate stage (metrics.json with a "folder" group, plots/*.csv, plots/images/*.png) plus
 predictions.csv (one row per image) and skipped.csv (file, reason). Nothing goes to MLflow.
+
+With the out-of-distribution detector saved beside the model (models/model.ood.npz,
+crackxai.models.ood), each image's distance to the training features is checked too:
+predictions.csv gets `ood_distance` and a `verdict` column ("out of distribution" instead of the
+class for a flagged image), and metrics.json an "ood" group (flagged count and rate, threshold).
+The classification metrics still cover every image, flagged or not, so they stay comparable with
+a run without a detector. A model without one gets a warning and no "ood" group.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from crackxai.evaluation.scores import (
     summary,
 )
 from crackxai.models.io import check_model
+from crackxai.models.ood import OOD_LABEL, FeatureExtractor, OodDetector, load_detector_for
 
 STAGE = "evaluate_folder"
 
@@ -145,10 +153,12 @@ def evaluate_folder(model: Any, data: Path, out: Path | None = None, threshold: 
     out = Path(out) if out is not None else Path("reports/folder_eval") / data.resolve().name
     check_data(data)  # before the slow Keras import and model load
     model_name = str(model) if isinstance(model, str | Path) else model.name
+    detector: OodDetector | None = None
     if isinstance(model, str | Path):
         from crackxai.models.io import load_model
 
-        model = load_model(model)
+        model_path, model = model, load_model(model)
+        detector = load_detector_for(model_path, model)
     classes, folders = class_folders(data, classes, model.output_shape[-1])
     size = model.input_shape[1]
     check_model(model, len(classes), size, model_name, f"'{data}' (resized to the model input)")
@@ -161,7 +171,19 @@ def evaluate_folder(model: Any, data: Path, out: Path | None = None, threshold: 
                f"{data}{limit}, resized to {size}x{size}")
     kept: list[tuple[Path, int]] = []
     skipped: list[dict[str, str]] = []
-    chunks, batch = [], []
+    chunks, distances, flags, batch = [], [], [], []
+    # with a detector, one compiled pass gives the probabilities and the detector's features
+    extractor = FeatureExtractor(model, batch_size) if detector else None
+
+    def predict(images: np.ndarray) -> None:
+        if extractor is None:
+            chunks.append(predict_proba(model, images, batch_size))
+            return
+        probs, features = extractor(images)
+        chunks.append(probs)
+        distances.append(detector.distance(features))
+        flags.append(detector.flags(features))  # too far, or a blank frame
+
     per_class: Counter[int] = Counter()
     for path, label in tqdm(files, desc="read+predict", unit="img", leave=False):
         if limit_per_class and per_class[label] >= limit_per_class:
@@ -174,10 +196,10 @@ def evaluate_folder(model: Any, data: Path, out: Path | None = None, threshold: 
         per_class[label] += 1
         batch.append(image)
         if len(batch) == batch_size:  # predict as we go: memory stays flat for any folder size
-            chunks.append(predict_proba(model, np.stack(batch), batch_size))
+            predict(np.stack(batch))
             batch = []
     if batch:
-        chunks.append(predict_proba(model, np.stack(batch), batch_size))
+        predict(np.stack(batch))
     if skipped:
         log(STAGE, f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]['path']} "
                    f"({skipped[0]['reason']}); all listed in {out / 'skipped.csv'}")
@@ -192,11 +214,21 @@ def evaluate_folder(model: Any, data: Path, out: Path | None = None, threshold: 
     s = Scores(labels, probs, classes, positive, threshold)
     metrics = compute_metrics(s, "folder")
     metrics["files"] = {"evaluated": len(kept), "skipped": len(skipped)}
+    extra: dict[str, Any] = {}
+    if detector is not None:
+        distance, flagged = np.concatenate(distances), np.concatenate(flags)
+        metrics["ood"] = {"flagged": int(flagged.sum()), "rate": float(flagged.mean()),
+                          "threshold": detector.threshold, "quantile": detector.quantile}
+        extra = {"ood_distance": distance,
+                 "verdict": np.where(flagged, OOD_LABEL, np.asarray(classes)[s.predicted])}
+        log(STAGE, f"{OOD_LABEL}: {flagged.sum()} of {len(flagged)} images "
+                   f"({flagged.mean():.1%}; distance > {detector.threshold:.1f} or blank), listed in "
+                   f"{out / 'predictions.csv'} (verdict column)")
 
     write_json(out / "metrics.json", metrics)
     table = pd.DataFrame({"path": names, "actual": np.asarray(classes)[labels],
                           "predicted": np.asarray(classes)[s.predicted],
-                          **{f"p_{c}": probs[:, i] for i, c in enumerate(classes)}})
+                          **{f"p_{c}": probs[:, i] for i, c in enumerate(classes)}, **extra})
     for name, df in (("predictions.csv", table),
                      ("skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]))):
         with atomic_path(out / name) as tmp:

@@ -26,7 +26,15 @@ the options, e.g. explain.shap.max_evals=1000). Prints the top-5 predictions and
     shap_values.png     SHAP's own signed plot (red raises the class score, blue lowers it)
     lime_mask.png       LIME's get_image_and_mask (explain.lime.num_features / positive_only /
                         hide_rest) with the superpixel boundaries
-    predictions.json    top-5, explained class, layer, seconds per method
+    predictions.json    top-5, explained class, layer, seconds per method, out-of-distribution
+                        verdict ("ood": distance and threshold; null for a model without one)
+
+A pipeline model comes with an out-of-distribution detector beside it (models/model.ood.npz,
+crackxai.models.ood). An image unlike the training images (noise, a blank frame, a photo of
+something else) is then reported as "out of distribution" with its distance and the threshold,
+and neither scored nor explained: only predictions.json is written. `--allow-ood` explains it
+anyway (to see what the model reacts to). A model without a detector gets a warning and the usual
+top-5.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from crackxai.core.paths import PROCESSED_DIR, REPORTS_DIR
 from crackxai.data.decode import decode_to
 from crackxai.data.processed import read_classes
 from crackxai.models.io import load_model
+from crackxai.models.ood import OOD_LABEL, FeatureExtractor, load_detector_for
 from crackxai.models.predictor import Predictor
 from crackxai.models.resnet import imagenet_cache_path, imagenet_reachable
 from crackxai.xai import registry, render
@@ -91,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "explain.cam_min_size pixels a side)")
     p.add_argument("--weights", choices=("imagenet", "none"), default="imagenet",
                    help="ImageNet classifiers only: 'none' = random weights, to try it offline")
+    p.add_argument("--allow-ood", action="store_true",
+                   help="explain an image the model's out-of-distribution detector flags (by "
+                        "default it is reported as out of distribution and not explained)")
     p.add_argument("overrides", nargs="*",
                    help="Hydra overrides of conf/, e.g. explain.shap.max_evals=1000 seed=1")
     return p.parse_args(argv)
@@ -252,6 +264,21 @@ def config(overrides: list[str]) -> Config:
     return load_config(overrides)
 
 
+def ood_verdict(spec: str, model: keras.Model, image: np.ndarray) -> dict[str, Any] | None:
+    """{"distance", "threshold", "blank", "out_of_distribution"} from the detector beside a model file;
+    None for the ImageNet classifiers and for a model saved without one (warned)."""
+    path = Path(spec)
+    if not path.is_file():
+        return None
+    detector = load_detector_for(path, model)
+    if detector is None:
+        return None
+    features = FeatureExtractor(model, 1)(image[None])[1]
+    return {"distance": float(detector.distance(features)[0]), "threshold": detector.threshold,
+            "blank": bool(detector.blank(features)[0]),
+            "out_of_distribution": bool(detector.flags(features)[0])}
+
+
 def explain_image(args: argparse.Namespace) -> Path:
     cfg = config(args.overrides)
     methods = parse_methods(args.methods, cfg.explain.methods)
@@ -262,9 +289,26 @@ def explain_image(args: argparse.Namespace) -> Path:
     image = decode_to(data, h, w)
     predictor = Predictor(model, batch_size=cfg.explain.batch_size)
     probs = predictor(image[None])[0]
+    ood = ood_verdict(args.model, model, image)
+    out = args.out or REPORTS_DIR / "explain_image" / args.image.stem
+    if ood and ood["out_of_distribution"]:
+        why = ("a blank frame" if ood["blank"] else
+               f"distance {ood['distance']:.1f} > threshold {ood['threshold']:.1f}")
+        print(f"{args.image}: {OOD_LABEL} ({why}): unlike the images the model was trained on, "
+              "so its class scores mean nothing here.")
+        if not args.allow_ood:
+            with atomic_dir(out) as tmp:
+                (tmp / "predictions.json").write_text(json.dumps({
+                    "model": str(args.model), "image": str(args.image), "input_size": [h, w],
+                    "verdict": OOD_LABEL, "ood": ood, "top": []}, indent=2) + "\n",
+                    encoding="utf-8")
+            log(STAGE, f"not explained (--allow-ood explains it anyway); wrote {out}/"
+                       "predictions.json")
+            return out
 
     order = np.argsort(-probs)[:TOP]
-    print(f"Top-{len(order)} predictions for {args.image}:")
+    print(f"Top-{len(order)} predictions for {args.image}"
+          + (f" ({OOD_LABEL}: not meaningful):" if ood and ood["out_of_distribution"] else ":"))
     for rank, c in enumerate(order, 1):
         print(f"  {rank}. {names[c]:<24} {probs[c]:.4f}  (class {c})")
     target = args.target if args.target is not None else cfg.explain.target
@@ -278,7 +322,6 @@ def explain_image(args: argparse.Namespace) -> Path:
     log(STAGE, f"explaining class {target} ({names[target]}, p={probs[target]:.4f}) with "
                f"{', '.join(methods)}" + (f"; CAM layer {layer}" if layer else ""))
 
-    out = args.out or REPORTS_DIR / "explain_image" / args.image.stem
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     with atomic_dir(out) as tmp:
@@ -303,6 +346,8 @@ def explain_image(args: argparse.Namespace) -> Path:
         (tmp / "predictions.json").write_text(json.dumps({
             "model": str(args.model), "image": str(args.image), "input_size": [h, w],
             "target": target, "target_name": names[target], "layer": layer, "seed": cfg.seed,
+            "verdict": OOD_LABEL if ood and ood["out_of_distribution"] else names[int(order[0])],
+            "ood": ood,
             "top": [{"class": int(c), "name": names[c], "probability": float(probs[c])}
                     for c in order],
             "seconds": seconds,

@@ -256,13 +256,18 @@ def tiled(files: list[tuple[str, Path]], tile: int, stride: int,
             yield photo, photo.tiles
 
 
-def out_of_distribution(model_path: str, tile_images: np.ndarray) -> np.ndarray | None:
-    """OOD PLUG-IN POINT. Per-tile out-of-distribution flags from the detector saved beside the
-    model (crackxai.models.ood, being built on the `ood` branch); None until it lands. Where it
-    returns flags, `inspect_photos` reports those tiles as out of distribution and scores only
-    the others."""
-    del model_path, tile_images
-    return None
+def ood_check(model_path: str, model: Any, batch_size: int) -> Any:
+    """Per-tile out-of-distribution flags from the detector saved beside the model
+    (crackxai.models.ood), as a function of a tile batch; None when there is no detector (warned
+    once). Flagged tiles are reported as out of distribution and score 0."""
+    from crackxai.models.ood import FeatureExtractor, load_detector_for
+
+    detector = load_detector_for(model_path, model) if model_path else None
+    if detector is None:
+        return None
+    extractor = FeatureExtractor(model, batch_size, **(
+        {"layer": detector.layer} if detector.layer else {}))
+    return lambda tile_images: detector.flags(extractor(tile_images)[1])
 
 
 def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int, tile: int,
@@ -274,6 +279,7 @@ def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int,
     from crackxai.models.batching import predict_groups
 
     size = tuple(int(s) for s in predictor.model.input_shape[1:3])
+    out_of_distribution = ood_check(model_path, predictor.model, predictor.batch_size)
     for photo, probs in predict_groups(predictor, tiled(files, tile, stride, size),
                                        predictor.batch_size):
         if photo.error:
@@ -281,7 +287,7 @@ def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int,
             yield photo
             continue
         p = probs[:, positive].astype(np.float32)
-        ood = out_of_distribution(model_path, photo.tiles)
+        ood = out_of_distribution(photo.tiles) if out_of_distribution else None
         if ood is not None:  # OOD tiles carry no crack evidence either way
             photo.out_of_distribution = ood
             p = np.where(ood, 0.0, p).astype(np.float32)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crackxai.core.errors import CrackxaiError
+from crackxai.core.paths import ood_file_for
 from crackxai.models.sources import is_model_uri
 from crackxai.tracking.runs import redact
 
@@ -45,9 +46,8 @@ LOWER_IS_BETTER = ("loss", "ece", "error", "deletion")
 # The served model's contract, shared by log_model (here) and the model (tracking.serving).
 KERAS_ARTIFACT, KERAS_NAME = "keras_model", "model.keras"
 META_ARTIFACT, META_NAME = "crackxai", "crackxai.json"
-# OOD (issue #15, branch `ood`): the detector the train stage saves beside the model; shipped as
-# an artifact when present. Its name is the ood branch's: check it when that branch lands.
-OOD_ARTIFACT, OOD_SUFFIX = "ood", ".ood.npz"
+# the out-of-distribution detector the train stage saves beside the model (crackxai.models.ood)
+OOD_ARTIFACT = "ood"
 IMAGE_COLUMN = "image"
 EXPLAIN_PARAM, EXPLAIN_CHOICES = "explain", ("none", "gradcam")
 LAYER_PARAM = "layer"  # "" = the layer recorded when the model was logged
@@ -163,7 +163,7 @@ def log_model(model_file: str | os.PathLike[str], classes: list[str], example: n
         meta.write_text(json.dumps({"classes": classes, "gradcam": gradcam}, indent=2) + "\n",
                         encoding="utf-8")
         artifacts = {KERAS_ARTIFACT: str(keras_file), META_ARTIFACT: str(meta)}
-        ood = model_file.with_suffix(OOD_SUFFIX)
+        ood = ood_file_for(model_file)
         if ood.is_file():
             artifacts[OOD_ARTIFACT] = str(ood)
         info = mlflow.pyfunc.log_model(
@@ -254,15 +254,19 @@ def model_file(spec: str | os.PathLike[str], tracking_uri: str | None = None) ->
 
     uri = str(spec).rstrip("/")
     store = tracking_uri or mlflow.get_tracking_uri()
-    try:
-        return mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{KERAS_FILE_IN_MODEL}",
-                                                   tracking_uri=store)
+    try:  # the whole artifacts folder: the out-of-distribution detector comes beside the model
+        folder = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{uri}/{Path(KERAS_FILE_IN_MODEL).parent}", tracking_uri=store)
+        path = Path(folder) / KERAS_NAME
+        if path.is_file():
+            return str(path)
+        reason = f"no {KERAS_FILE_IN_MODEL} in it: not a model logged by crackxai"
     except Exception as exc:  # MlflowException, or an OSError from the artifact store
         reason = " ".join(str(exc).split())[:300]
-        raise CrackxaiError(
-            f"Cannot fetch the model '{uri}' from the MLflow store '{redact(store)}' ({reason}). "
-            "Check the run id or the registered name and version/alias (`mlflow models` or the "
-            "MLflow UI's Models page), that the store is the one the model was logged to "
-            "(MLFLOW_TRACKING_URI or tracking.uri), and that the run logged an MLflow model "
-            "(crackxai's train stage logs it as runs:/<run_id>/model)."
-        ) from None
+    raise CrackxaiError(
+        f"Cannot fetch the model '{uri}' from the MLflow store '{redact(store)}' ({reason}). "
+        "Check the run id or the registered name and version/alias (`mlflow models` or the "
+        "MLflow UI's Models page), that the store is the one the model was logged to "
+        "(MLFLOW_TRACKING_URI or tracking.uri), and that the run logged an MLflow model "
+        "(crackxai's train stage logs it as runs:/<run_id>/model)."
+    ) from None

@@ -50,6 +50,7 @@ from crackxai.tracking.registry import (
     LAYER_PARAM,
     META_ARTIFACT,
     OOD_ARTIFACT,
+    OOD_COLUMN,
     PREDICTED_COLUMN,
 )
 
@@ -178,10 +179,13 @@ class CrackxaiModel(PythonModel):
         self.predictor = Predictor(self.model)
         self._explainers: dict[str, Any] = {}
         self._lock = threading.Lock()  # the server may call predict from several threads
-        # OOD (issue #15, branch `ood`): crackxai.models.ood is not on main yet. When it lands,
-        # load context.artifacts[OOD_ARTIFACT] here (log_model already ships the file) and add
-        # registry.OOD_COLUMN (bool per image) in predict.
-        self.ood_file = context.artifacts.get(OOD_ARTIFACT)
+        self.ood = self.features = None  # a model logged without a detector: no OOD column
+        if context.artifacts.get(OOD_ARTIFACT):
+            from crackxai.models.ood import FeatureExtractor, OodDetector
+
+            self.ood = OodDetector.load(context.artifacts[OOD_ARTIFACT])
+            self.features = FeatureExtractor(
+                self.model, **({"layer": self.ood.layer} if self.ood.layer else {}))
 
     def explainer(self, layer: str) -> Any:
         """The Grad-CAM explainer for `layer` ("" = the recorded one), built once per layer."""
@@ -206,11 +210,16 @@ class CrackxaiModel(PythonModel):
         # as MLflow warns on an annotation it cannot turn into a schema.
         method, layer = explain_param(params)
         images = to_images(model_input, *self.size)
-        probs = self.predictor(images)
+        if self.ood is not None:  # probabilities and features from one pass
+            probs, features = self.features(images)
+        else:
+            probs = self.predictor(images)
         predicted = probs.argmax(axis=1)
         out = pd.DataFrame({name: probs[:, i].astype(np.float64)
                             for i, name in enumerate(self.classes)})
         out[PREDICTED_COLUMN] = [self.classes[i] for i in predicted]
+        if self.ood is not None:
+            out[OOD_COLUMN] = self.ood.flags(features).astype(bool)
         if method == "gradcam":
             with self._lock:
                 maps = self.explainer(layer).explain(images, predicted)
