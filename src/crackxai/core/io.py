@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from crackxai.core.errors import disk_full, is_disk_full
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
@@ -26,6 +28,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         tmp_path.chmod(0o644)  # mkstemp makes it 0600; the result is an ordinary output file
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -46,6 +52,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -67,8 +77,24 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
             if item.is_dir() and target.exists():
                 os.replace(target, staging / f".old-{item.name}")  # removed with the staging folder
             os.replace(item, target)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def open_memmap(path: str | Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+    """A new .npy file mapped for writing (np.lib.format.open_memmap, mode w+) with its blocks
+    reserved up front: stores into a sparse map on a full disk kill the process with SIGBUS,
+    whereas reserving fails here with ENOSPC (which atomic_dir turns into one paragraph)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size:
+            os.posix_fallocate(handle.fileno(), 0, size)
+    return array
 
 
 def write_text(path: str | Path, text: str) -> None:

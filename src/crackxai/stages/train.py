@@ -22,6 +22,7 @@ MLflow model (`runs:/<run_id>/model`), registered as a new version of `tracking.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -59,6 +60,7 @@ from crackxai.tracking.runs import (
     resolve_tracking_uri,
     start_model_run,
     terminate_run,
+    tracking_errors,
     write_run_file,
 )
 
@@ -88,43 +90,47 @@ def main(cfg: Config) -> dict[str, Any]:
     plan = plan_phases(resolve_weights(m.weights) is not None, t.epochs, t.lr,
                        t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
     root = project_root()  # the MLflow store's home: DVC_ROOT for queued experiments
-    connect(resolve_tracking_uri(cfg.tracking.uri, root), cfg.tracking.experiment)  # fails fast
+    uri = resolve_tracking_uri(cfg.tracking.uri, root)
+    connect(uri, cfg.tracking.experiment)  # fails fast
 
     state_dir = TRAIN_STATE_DIR
     fp = fingerprint(cfg, train, val)
     state = open_state(state_dir, fp, lambda old: old.get("run_id") and terminate_run(old["run_id"]))
     manifest_sha = hashlib.sha256(MANIFEST.read_bytes()).hexdigest() if MANIFEST.is_file() else ""
     tags = {"data.manifest_sha256": manifest_sha, "train.precision": t.precision}
-    run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
-                          run_id=state.get("run_id"))
-    write_json(state_dir / "state.json", {"fingerprint": fp, "run_id": run.info.run_id})
-    log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if state else 'new'}) in experiment "
-               f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
-               f"train state in {state_dir}")
-    try:
-        log(STAGE, f"building ResNet50 (weights={m.weights}, {t.precision})")
-        model = build_model(len(train.classes), size, m.weights, m.dropout, seed=cfg.seed)
-        # augmentation in the input pipeline (train only), not in the saved model
-        train_ds = make_dataset(train, t.batch_size, shuffle_seed=cfg.seed, flip=m.augment.flip,
-                                translate=m.augment.translate, augment_seed=cfg.seed)
-        rows = run_phases(model, plan, train_ds, make_dataset(val, t.batch_size), state_dir,
-                          TRAIN_HISTORY, t.patience, callbacks=[MlflowLogger()])
-        model = inference_model(model)  # no optimizer state, in the file or in MLflow
-        save_model(model, MODEL_FILE)
-        write_history_csv(rows, TRAIN_HISTORY)
-        log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
-        # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
-        logged = log_model(model, val.images[:1], cfg.tracking.registered_model)
-        name, version = cfg.tracking.registered_model, logged["version"]
-        log(STAGE, f"logged the MLflow model {logged['model_uri']}, " + (
-            f"registered as {name} version {version}" if version else
-            "not registered (tracking.registered_model=null)"))
-        write_run_file(run, RUN_FILE)
-    except BaseException as exc:  # the state stays: a rerun resumes this run
-        mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    mlflow.end_run()
-    shutil.rmtree(state_dir, ignore_errors=True)
+    # the store failing mid-run (server down, SQLite locked): one paragraph, the state kept
+    with tracking_errors(uri, STAGE):
+        run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
+                              run_id=state.get("run_id"))
+        write_json(state_dir / "state.json", {"fingerprint": fp, "run_id": run.info.run_id})
+        log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if state else 'new'}) in experiment "
+                   f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
+                   f"train state in {state_dir}")
+        try:
+            log(STAGE, f"building ResNet50 (weights={m.weights}, {t.precision})")
+            model = build_model(len(train.classes), size, m.weights, m.dropout, seed=cfg.seed)
+            # augmentation in the input pipeline (train only), not in the saved model
+            train_ds = make_dataset(train, t.batch_size, shuffle_seed=cfg.seed, flip=m.augment.flip,
+                                    translate=m.augment.translate, augment_seed=cfg.seed)
+            rows = run_phases(model, plan, train_ds, make_dataset(val, t.batch_size), state_dir,
+                              TRAIN_HISTORY, t.patience, callbacks=[MlflowLogger()])
+            model = inference_model(model)  # no optimizer state, in the file or in MLflow
+            save_model(model, MODEL_FILE)
+            write_history_csv(rows, TRAIN_HISTORY)
+            log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
+            # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
+            logged = log_model(model, val.images[:1], cfg.tracking.registered_model)
+            name, version = cfg.tracking.registered_model, logged["version"]
+            log(STAGE, f"logged the MLflow model {logged['model_uri']}, " + (
+                f"registered as {name} version {version}" if version else
+                "not registered (tracking.registered_model=null)"))
+            write_run_file(run, RUN_FILE)
+        except BaseException as exc:  # the state stays: a rerun resumes this run
+            with contextlib.suppress(Exception):  # a dead store must not hide the first error
+                mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        mlflow.end_run()
+        shutil.rmtree(state_dir, ignore_errors=True)
     log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in {RUN_FILE}")
     best = min(rows, key=lambda r: r["val_loss"])
     return {"val/loss": best["val_loss"], "val/accuracy": best["val_accuracy"],
