@@ -67,12 +67,26 @@ def fault_log_path(base_temp: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+def tiny(*overrides: str) -> list[str]:
+    """TINY with `overrides` (key=value) replacing or adding keys: Hydra rejects a key given
+    twice."""
+    merged = dict(item.split("=", 1) for item in TINY)
+    merged.update(item.split("=", 1) for item in overrides)
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
+def set_params(*overrides: str) -> list[str]:
+    """`-S key=value` flags of `dvc exp run` for the tiny config plus `overrides`: with DVC's Hydra
+    composition on, each experiment recomposes params.yaml from conf/ and its own -S flags."""
+    return [flag for item in tiny(*overrides) for flag in ("-S", item)]
+
+
 def tiny_project(dest: Path, *overrides: str) -> Path:
     """A fresh clone of this checkout in `dest` with params.yaml composed from TINY (+ overrides)
     and committed, so a plain `dvc repro` runs the tiny pipeline."""
     dest.mkdir(parents=True, exist_ok=True)
     proj = make_project(dest)
-    sh(sys.executable, "-m", "crackxai.params", *TINY, *overrides, cwd=proj)
+    sh(sys.executable, "-m", "crackxai.params", *tiny(*overrides), cwd=proj)
     sh("git", "commit", "-qam", "tiny fault-suite config", cwd=proj)
     return proj
 

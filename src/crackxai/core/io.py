@@ -36,12 +36,46 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def temp_prefix(name: str) -> str:
+    """The name prefix of a temporary folder beside output `name`; it holds our process id, so
+    a later run can tell the leftovers of a killed process from a live writer's folder."""
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: str | Path, name: str) -> list[Path]:
+    """Remove the temporary folders beside output `name` (`temp_prefix`, atomic_dir's
+    `.name.old-<pid>`) of processes that are gone: SIGKILL skips every cleanup, and the
+    leftovers would pile up (a whole data set each). Returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for item in Path(folder).glob(f".{name}.{kind}-*"):
+            pid = item.name[len(f".{name}.{kind}-"):].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink()
+            removed.append(item)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    remove_stale_temporaries(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path.name)))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary output folder
     try:
         yield tmp
@@ -69,7 +103,8 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
     unlike `atomic_dir`, which replaces the folder itself."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    remove_stale_temporaries(dest.parent, dest.name)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name)))
     try:
         yield staging
         for item in sorted(staging.iterdir(), key=lambda p: (p.is_file(), p.name == "metrics.json")):

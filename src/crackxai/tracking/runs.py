@@ -74,9 +74,17 @@ def connect(tracking_uri: str, experiment: str) -> str:
             exp = client.get_experiment_by_name(experiment)
             if exp is not None:
                 return exp.experiment_id
-            return client.create_experiment(
-                experiment, artifact_location=default_artifact_location(tracking_uri)
-            )
+            try:
+                return client.create_experiment(
+                    experiment, artifact_location=default_artifact_location(tracking_uri)
+                )
+            except Exception:
+                # A parallel run (e.g. `dvc queue start -j 4` on a fresh server, which our file
+                # lock cannot serialise) created it first.
+                exp = client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                return exp.experiment_id
     except Exception as exc:  # MLflow raises many types for a bad store
         reason = " ".join(str(exc).split())[:300]
         if "database is locked" in reason:  # reachable, but another writer kept it too long
