@@ -14,9 +14,10 @@ every kill and rerun:
   are within the resume tolerance: the resumed epochs see the data in another order);
 - no MLflow run is left RUNNING.
 
-Before each rerun DVC's run cache (.dvc/cache/runs) is removed: with it, `dvc repro` would restore
-the killed stage's outputs from the cache instead of running it again, and the stage's own
-recovery would go untested.
+Before each rerun the stage's previous outputs are removed from DVC's cache, and its run cache
+(.dvc/cache/runs) too: DVC 3 restores the missing outputs of an unchanged stage from its cache
+instead of running it, and the stage's own recovery would go untested. The rerun is then what
+follows a kill of a stage's first run with these inputs, the usual case.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def complete_train_outputs(proj: Path) -> list[str]:
     return problems
 
 
+def uncache(proj: Path, outs: dict[str, str]) -> None:
+    """Remove these outputs (path -> md5 from dvc.lock) from DVC's cache, and the run cache."""
+    shutil.rmtree(proj / ".dvc" / "cache" / "runs", ignore_errors=True)
+    for md5 in outs.values():
+        (proj / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
+
+
 def comparable(files: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     out = {}
     for path, md5s in files.items():
@@ -128,6 +136,7 @@ def test_kill_anywhere_then_rerun(tmp_path: Path, fault_log) -> None:
             attempts += 1
             assert attempts <= kills + 6, f"{stage}: the kills kept missing the stage"
             fraction = rng.uniform(0.02, fraction_cap)
+            cached = lock_outs(proj)[stage]  # what DVC could restore instead of rerunning
             bg = Background(["dvc", "repro", "-f", "-s", stage], proj)
             assert bg.wait_for(f"Running stage '{stage}'", timeout=1800), bg.output[-3000:]
             time.sleep(fraction * duration)
@@ -145,8 +154,8 @@ def test_kill_anywhere_then_rerun(tmp_path: Path, fault_log) -> None:
                            if md5s != comparable(reference).get(p)]
             status = json.loads(sh("dvc", "status", "--json", stage, cwd=proj).stdout or "{}")
             reported = stage in status
-            # Rerun, as a user would, with the run cache out of the way (see the docstring).
-            shutil.rmtree(proj / ".dvc" / "cache" / "runs", ignore_errors=True)
+            # Rerun, as a user would, with the cached outputs out of the way (see the docstring).
+            uncache(proj, cached)
             rerun = sh("dvc", "repro", stage, cwd=proj, timeout=1800, check=False)
             ok = rerun.returncode == 0
             after = outputs_of(proj, stage)

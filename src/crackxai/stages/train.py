@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import uuid
 from typing import Any
 
 from crackxai.config import Config, to_dict
@@ -56,7 +57,9 @@ from crackxai.models.training import (
 from crackxai.tracking.keras_logger import MlflowLogger
 from crackxai.tracking.registry import log_model
 from crackxai.tracking.runs import (
+    ATTEMPT_TAG,
     connect,
+    find_attempt_run,
     resolve_tracking_uri,
     start_model_run,
     terminate_run,
@@ -91,19 +94,26 @@ def main(cfg: Config) -> dict[str, Any]:
                        t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
     root = project_root()  # the MLflow store's home: DVC_ROOT for queued experiments
     uri = resolve_tracking_uri(cfg.tracking.uri, root)
-    connect(uri, cfg.tracking.experiment)  # fails fast
+    experiment_id = connect(uri, cfg.tracking.experiment)  # fails fast
 
     state_dir = TRAIN_STATE_DIR
     fp = fingerprint(cfg, train, val)
-    state = open_state(state_dir, fp, lambda old: old.get("run_id") and terminate_run(old["run_id"]))
+    state = open_state(state_dir, fp, lambda old: close_attempt(old, experiment_id))
     manifest_sha = hashlib.sha256(MANIFEST.read_bytes()).hexdigest() if MANIFEST.is_file() else ""
-    tags = {"data.manifest_sha256": manifest_sha, "train.precision": t.precision}
+    # The attempt's token reaches the disk before its run exists: a kill in between leaves a run
+    # the next start still finds (by its tag) and resumes, instead of one RUNNING forever.
+    attempt = state.get("attempt") or uuid.uuid4().hex
+    write_json(state_dir / "state.json", {**state, "fingerprint": fp, "attempt": attempt})
+    tags = {"data.manifest_sha256": manifest_sha, "train.precision": t.precision,
+            ATTEMPT_TAG: attempt}
     # the store failing mid-run (server down, SQLite locked): one paragraph, the state kept
     with tracking_errors(uri, STAGE):
+        run_id = state.get("run_id") or (find_attempt_run(experiment_id, attempt) if state else None)
         run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
-                              run_id=state.get("run_id"))
-        write_json(state_dir / "state.json", {"fingerprint": fp, "run_id": run.info.run_id})
-        log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if state else 'new'}) in experiment "
+                              run_id=run_id)
+        write_json(state_dir / "state.json",
+                   {"fingerprint": fp, "attempt": attempt, "run_id": run.info.run_id})
+        log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if run_id else 'new'}) in experiment "
                    f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
                    f"train state in {state_dir}")
         try:
@@ -135,6 +145,15 @@ def main(cfg: Config) -> dict[str, Any]:
     best = min(rows, key=lambda r: r["val_loss"])
     return {"val/loss": best["val_loss"], "val/accuracy": best["val_accuracy"],
             "epochs": len(rows)}
+
+
+def close_attempt(old: dict, experiment_id: str) -> None:
+    """Mark the MLflow run of a discarded train state (config or data changed since) KILLED:
+    by its id, or by its attempt tag when the kill came before the id was recorded."""
+    run_id = old.get("run_id") or (old.get("attempt")
+                                   and find_attempt_run(experiment_id, old["attempt"]))
+    if run_id:
+        terminate_run(run_id)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,10 +168,30 @@ def start_model_run(cfg: Config, root: str | Path, stage: str = "train",
         run = mlflow.start_run(run_id=run_id)
         mlflow.set_tags(tags)
     else:
-        run = mlflow.start_run(experiment_id=experiment_id,
-                               run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags)
+        # MLflow draws a run's generated name from the global `random`, which training has
+        # seeded: every run would get the same name. Draw it unseeded, then put the state back.
+        seeded = random.getstate()
+        random.seed()
+        try:
+            run = mlflow.start_run(experiment_id=experiment_id,
+                                   run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags)
+        finally:
+            random.setstate(seeded)
     mlflow.log_params(config_params(cfg))
     return run
+
+
+ATTEMPT_TAG = "crackxai.attempt"
+
+
+def find_attempt_run(experiment_id: str, attempt: str) -> str | None:
+    """The run tagged ATTEMPT_TAG=`attempt`: a training killed after creating its run but
+    before it could record the run's id still left the tag's value in its train state."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{ATTEMPT_TAG}` = '{attempt}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def _run_exists(run_id: str, experiment_id: str) -> bool:
