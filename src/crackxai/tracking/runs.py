@@ -95,8 +95,8 @@ def connect(tracking_uri: str, experiment: str) -> str:
             ) from None
         raise CrackxaiError(
             f"MLflow tracking store '{redact(tracking_uri)}' is not reachable ({reason}). Start the "
-            "server (see README 'Shared tracking server'), fix tracking.uri / MLFLOW_TRACKING_URI, "
-            "or use the local default: tracking=local."
+            "server (see docs/workflow.md 'Shared tracking server'), fix tracking.uri / "
+            "MLFLOW_TRACKING_URI, or use the local default: tracking=local."
         ) from None
 
 
@@ -294,7 +294,7 @@ def tracking_errors(tracking_uri: str, stage: str) -> Iterator[None]:
         locked = "database is locked" in reason
         fix = ("another process holds a write lock on the SQLite store: let it finish (or stop "
                "it), then rerun" if locked else
-               "check that the server is up (README 'Shared tracking server') and rerun")
+               "check that the server is up (docs/workflow.md 'Shared tracking server') and rerun")
         raise CrackxaiError(
             f"The MLflow tracking store '{redact(tracking_uri)}' failed during the {stage} stage "
             f"({reason}). Outputs already written are complete (they are written atomically) and "
