@@ -239,7 +239,8 @@ def resume_model_run(cfg: Config, path: str | Path, root: str | Path,
         os.environ.get("MLFLOW_TRACKING_URI") else \
         info.get("tracking_uri") or resolve_tracking_uri(None, root)
     connect(uri, cfg.tracking.experiment)
-    with tracking_errors(uri, nested_name or "stage"), \
+    stage = nested_name or os.environ.get("DVC_STAGE") or "evaluate"  # for the error message
+    with tracking_errors(uri, stage), \
             mlflow.start_run(run_id=info["run_id"]) as parent:
         if nested_name is None:
             yield parent
