@@ -1,26 +1,27 @@
 """Issue #13 item 4: four queued DVC experiments run at once (`dvc queue start -j 4`), on the
 default SQLite store and on a real `mlflow server`.
 
-One real DVC project: data prepared once and committed; four `train.lr` values run first one
-after the other (`dvc exp run`, the serial reference), then queued and run four at a time against
-the project's SQLite store, then again against a `mlflow server` on 127.0.0.1. Each batch must
-give four complete experiments and four FINISHED MLflow runs, no "database is locked" anywhere in
-their logs, and per learning rate the same MLflow metrics as the serial run (training is
-deterministic). The queued runs are forced (`-f`): without it DVC would restore the serial runs'
-outputs from its run cache and train nothing.
+One real DVC project: data prepared once and committed; four `train.lr` values queued and run
+four at a time against the project's SQLite store, then again against a `mlflow server` on
+127.0.0.1, then one after the other (`dvc exp run`, the serial reference, into a store of its
+own). Each batch must give four complete experiments and four FINISHED MLflow runs, no "database
+is locked" anywhere in their logs, and per learning rate the same MLflow metrics as the serial run
+(training is deterministic). Every run is forced (`-f`): without it DVC would restore an earlier
+run's outputs from its run cache and train nothing.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.faults_support import MlflowServer, all_runs, running, set_params, tiny_project
-from tests.test_workflow import need_stages, sh
+from tests.test_workflow import need_stages, sh, tool_env
 
 LRS = ("1e-3", "3e-4", "1e-4", "3e-5")
 COMMON = ("train.epochs=1",)  # one epoch: 12 trainings in this test
@@ -53,7 +54,12 @@ def run_batch(proj: Path, extra: list[str], timeout: float = 3000) -> tuple[str,
     for lr in LRS:
         sh("dvc", "exp", "run", "--queue", "-f", *set_params(*COMMON, f"train.lr={lr}", *extra),
            "train", cwd=proj)
-    sh("dvc", "queue", "start", "-j", "4", cwd=proj)
+    # Not through a pipe: the workers it starts inherit it and would hold it open (sh() waits
+    # for its end).
+    with open(proj.parent / "queue-start.log", "a") as log:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "4"], cwd=proj, env=tool_env(),
+                                 stdout=log, stderr=subprocess.STDOUT, timeout=300)
+    assert started.returncode == 0, (proj.parent / "queue-start.log").read_text()
     table = queue_done(proj, timeout)
     logs = ""
     for name in re.findall(r"^\s*\S+\s+(\S+)\s+\S+", table, flags=re.M):
@@ -69,19 +75,9 @@ def test_four_queued_experiments_at_once(tmp_path: Path, fault_log) -> None:
     sh("git", "add", "dvc.lock", cwd=proj)
     sh("git", "commit", "-qm", "data prepared", cwd=proj)
 
-    # The serial reference: one experiment after another, on the project's SQLite store.
-    serial_store = tmp_path / "serial"
-    for lr in LRS:
-        sh("dvc", "exp", "run", "-f", *set_params(
-            *COMMON, f"train.lr={lr}", f"tracking.uri=sqlite:///{serial_store}/mlflow.db"),
-           "train", cwd=proj, timeout=1800)
-    sh("git", "reset", "-q", "--hard", cwd=proj)  # the queue stashes workspace changes: none
-    serial = metrics_by_lr(all_runs(f"sqlite:///{serial_store}/mlflow.db"))
-    assert sorted(serial) == sorted(f"{float(lr):g}" for lr in LRS), serial
-    assert all(v is not None for m in serial.values() for v in m.values()), serial
-
     server = MlflowServer(tmp_path / "server")
     server.start()
+    batches = {}
     try:
         for label, store, extra in (
                 ("default SQLite store", f"sqlite:///{proj}/mlflow.db", []),
@@ -90,21 +86,36 @@ def test_four_queued_experiments_at_once(tmp_path: Path, fault_log) -> None:
             runs = all_runs(store)
             finished = [r for r in runs if r.info.status == "FINISHED"
                         and "mlflow.parentRunId" not in r.data.tags]
-            parallel = metrics_by_lr(runs)
             locked = "database is locked" in logs
-            equal = parallel == serial
-            survived = (len(finished) == 4 and not running(store) and not locked and equal
+            complete = (len(finished) == 4 and not running(store) and not locked
                         and "Failed" not in table)
+            batches[label] = metrics_by_lr(runs)
             fault_log.record(
-                "4 queued experiments at once (`dvc queue start -j 4`)", label, survived,
+                "4 queued experiments at once (`dvc queue start -j 4`)", label, complete,
                 data_lost=len(finished) < 4, finished=len(finished), database_locked=locked,
-                metrics_equal_serial=equal, queue=table, parallel=parallel, serial=serial,
-                what="4 complete experiments and FINISHED MLflow runs, no 'database is locked', "
-                     "each run's metrics equal to the serial run's")
+                queue=table, metrics=batches[label],
+                what="4 complete experiments and FINISHED MLflow runs, no 'database is locked'")
             assert "Failed" not in table, table + logs[-4000:]
             assert len(finished) == 4, [(r.info.run_name, r.info.status) for r in runs]
             assert not locked, logs[-4000:]
-            assert equal, json.dumps({"parallel": parallel, "serial": serial}, indent=1)
             sh("dvc", "queue", "remove", "--all", cwd=proj, check=False)
     finally:
         server.stop()
+
+    # The serial reference: one experiment after another, on the project's SQLite store.
+    serial_store = tmp_path / "serial"
+    for lr in LRS:
+        sh("dvc", "exp", "run", "-f", *set_params(
+            *COMMON, f"train.lr={lr}", f"tracking.uri=sqlite:///{serial_store}/mlflow.db"),
+           "train", cwd=proj, timeout=1800)
+    serial = metrics_by_lr(all_runs(f"sqlite:///{serial_store}/mlflow.db"))
+    assert sorted(serial) == sorted(f"{float(lr):g}" for lr in LRS), serial
+    assert all(v is not None for m in serial.values() for v in m.values()), serial
+
+    for label, parallel in batches.items():
+        equal = parallel == serial
+        fault_log.record(
+            "4 queued experiments at once: metrics equal to serial runs", label, equal,
+            parallel=parallel, serial=serial,
+            what="each parallel run's MLflow metrics equal to the serial run's with the same lr")
+        assert equal, json.dumps({"parallel": parallel, "serial": serial}, indent=1)
