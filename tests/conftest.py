@@ -48,3 +48,22 @@ def real_masks() -> Path:
         pytest.skip(f"real masked images not found at {SHARED_MASKS} (only present in the "
                     "project's own workplace; never copied into the repo)")
     return SHARED_MASKS
+
+
+@pytest.fixture(scope="session")
+def fault_log(tmp_path_factory: pytest.TempPathFactory):
+    """The fault suite's record (tests/faults_support.py): one JSON line per fault case tried;
+    `python tests/fault_table.py <file>` prints the README "Reliability" table from it."""
+    from tests.faults_support import FaultLog, fault_log_path
+
+    return FaultLog(fault_log_path(tmp_path_factory.getbasetemp()))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Where the fault suite's record went (only when a fault test ran)."""
+    base = getattr(getattr(config, "_tmp_path_factory", None), "_basetemp", None)
+    env = os.environ.get("CRACKXAI_FAULT_LOG")  # tests/faults_support.LOG_ENV
+    path = Path(env) if env else (Path(base) / "fault_cases.jsonl" if base else None)
+    if path is not None and path.is_file():
+        terminalreporter.write_line(f"fault cases recorded in {path} "
+                                    f"(table: python tests/fault_table.py {path})")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from crackxai.core import quiet_tf
-from crackxai.core.errors import CrackxaiError
+from crackxai.core.errors import CrackxaiError, disk_full, is_disk_full
 from crackxai.core.logs import setup as setup_logging
 
 T = TypeVar("T")
@@ -56,6 +56,10 @@ def run_command(name: str, command: Callable[[], T], interrupted: str = INTERRUP
         _exit(name, str(exc), ERROR_EXIT)
     except KeyboardInterrupt:
         _exit(name, interrupted, INTERRUPT_EXIT)
+    except OSError as exc:  # a full disk outside the atomic writers (which name their output)
+        if not is_disk_full(exc):
+            raise
+        _exit(name, str(disk_full(exc.filename or "an output")), ERROR_EXIT)
 
 
 def command(name: str, interrupted: str = INTERRUPTED

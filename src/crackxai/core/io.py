@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from crackxai.core.errors import disk_full, is_disk_full
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
@@ -26,8 +28,45 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         tmp_path.chmod(0o644)  # mkstemp makes it 0600; the result is an ordinary output file
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def temp_prefix(name: str) -> str:
+    """The name prefix of a temporary folder beside output `name`; it holds our process id, so
+    a later run can tell the leftovers of a killed process from a live writer's folder."""
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: str | Path, name: str) -> list[Path]:
+    """Remove the temporary folders beside output `name` (`temp_prefix`, atomic_dir's
+    `.name.old-<pid>`) of processes that are gone: SIGKILL skips every cleanup, and the
+    leftovers would pile up (a whole data set each). Returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for item in Path(folder).glob(f".{name}.{kind}-*"):
+            pid = item.name[len(f".{name}.{kind}-"):].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink()
+            removed.append(item)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -35,7 +74,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    remove_stale_temporaries(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path.name)))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary output folder
     try:
         yield tmp
@@ -46,6 +86,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -59,7 +103,8 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
     unlike `atomic_dir`, which replaces the folder itself."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    remove_stale_temporaries(dest.parent, dest.name)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name)))
     try:
         yield staging
         for item in sorted(staging.iterdir(), key=lambda p: (p.is_file(), p.name == "metrics.json")):
@@ -67,8 +112,24 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
             if item.is_dir() and target.exists():
                 os.replace(target, staging / f".old-{item.name}")  # removed with the staging folder
             os.replace(item, target)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def open_memmap(path: str | Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+    """A new .npy file mapped for writing (np.lib.format.open_memmap, mode w+) with its blocks
+    reserved up front: stores into a sparse map on a full disk kill the process with SIGBUS,
+    whereas reserving fails here with ENOSPC (which atomic_dir turns into one paragraph)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size:
+            os.posix_fallocate(handle.fileno(), 0, size)
+    return array
 
 
 def write_text(path: str | Path, text: str) -> None:

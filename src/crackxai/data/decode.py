@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from crackxai.core.errors import DataError
+from crackxai.core.io import open_memmap
 from crackxai.core.progress import progress
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
@@ -172,9 +173,9 @@ def decode_rows(rows: pd.DataFrame, raw_dir: Path, out: Path, size: int, min_sou
     mask_problem), `good` and `label` columns added, and the staging images and masks (None when
     no row has a mask)."""
     n = len(rows)
-    staged = np.lib.format.open_memmap(out / "_staging_images.npy", mode="w+", dtype=np.uint8,
+    staged = open_memmap(out / "_staging_images.npy", dtype=np.uint8,
                                        shape=(n, size, size, 3))
-    staged_masks = (np.lib.format.open_memmap(out / "_staging_masks.npy", mode="w+",
+    staged_masks = (open_memmap(out / "_staging_masks.npy",
                                               dtype=np.uint8, shape=(n, size, size))
                     if bool((rows["mask"] != "").any()) else None)
     jobs = [(str(raw_dir / r.path), str(raw_dir / r.mask) if r.mask else "", size,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from crackxai.core.errors import DataError
+from crackxai.core.io import open_memmap
 
 SPLITS = ("train", "val", "test")
 
@@ -172,9 +173,9 @@ def write_split(out: str | Path, name: str, images: np.ndarray, labels: np.ndarr
     out = Path(out)
     idx = np.arange(len(labels)) if idx is None else np.asarray(idx)
     size = images.shape[1]
-    dst = np.lib.format.open_memmap(out / f"{name}_images.npy", mode="w+", dtype=np.uint8,
+    dst = open_memmap(out / f"{name}_images.npy", dtype=np.uint8,
                                     shape=(len(idx), size, size, 3))
-    dst_masks = (np.lib.format.open_memmap(out / f"{name}_masks.npy", mode="w+", dtype=np.uint8,
+    dst_masks = (open_memmap(out / f"{name}_masks.npy", dtype=np.uint8,
                                            shape=(len(idx), size, size))
                  if masks is not None else None)
     for start in range(0, len(idx), CHUNK):

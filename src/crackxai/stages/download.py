@@ -44,7 +44,7 @@ from pathlib import Path
 from crackxai.config import Config
 from crackxai.config.entry import run_stage
 from crackxai.core.entry import log
-from crackxai.core.io import atomic_dir
+from crackxai.core.io import atomic_dir, remove_stale_temporaries, temp_prefix
 from crackxai.core.paths import MANIFEST, RAW_DIR, project_root
 from crackxai.data.manifest import Row, write_manifest
 from crackxai.data.sources import SourceOptions, fetch
@@ -69,8 +69,10 @@ def main(cfg: Config, api: object | None = None) -> list[Row]:
     start = time.perf_counter()
     log(STAGE, f"data.source={source} -> {RAW_DIR}/ and {MANIFEST}")
     RAW_DIR.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch space beside data/raw (same file system), removed whatever happens.
-    with tempfile.TemporaryDirectory(dir=RAW_DIR.parent, prefix=".download-") as scratch, \
+    # Scratch space beside data/raw (same file system), removed whatever happens (a killed
+    # run's, at the next run).
+    remove_stale_temporaries(RAW_DIR.parent, "download")
+    with tempfile.TemporaryDirectory(dir=RAW_DIR.parent, prefix=temp_prefix("download")) as scratch, \
             atomic_dir(RAW_DIR) as out:
         d = cfg.data
         opts = SourceOptions(seed=cfg.seed, limit_per_class=d.limit_per_class,

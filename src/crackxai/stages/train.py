@@ -33,10 +33,12 @@ with the detector's out-of-distribution flag), registered as a new version of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +77,13 @@ from crackxai.models.training import (
 from crackxai.tracking.keras_logger import MlflowLogger
 from crackxai.tracking.registry import check_classes, gradcam_settings, log_model, model_file
 from crackxai.tracking.runs import (
+    ATTEMPT_TAG,
     connect,
+    find_attempt_run,
     resolve_tracking_uri,
     start_model_run,
     terminate_run,
+    tracking_errors,
     write_run_file,
 )
 
@@ -168,48 +173,68 @@ def main(cfg: Config) -> dict[str, Any]:
                        t.fine_tune.unfreeze, t.fine_tune.epochs, t.fine_tune.lr)
     if not worker.is_chief:
         return replica_worker(cfg, strategy, worker, plan, train, val, weights)
-    connect(resolve_tracking_uri(cfg.tracking.uri, root), cfg.tracking.experiment)  # fails fast
+    uri = resolve_tracking_uri(cfg.tracking.uri, root)
+    experiment_id = connect(uri, cfg.tracking.experiment)  # fails fast
 
     state_dir = TRAIN_STATE_DIR
     fp = fingerprint(cfg, train, val)
-    state = open_state(state_dir, fp, lambda old: old.get("run_id") and terminate_run(old["run_id"]))
+    state = open_state(state_dir, fp, lambda old: close_attempt(old, experiment_id))
     manifest_sha = hashlib.sha256(MANIFEST.read_bytes()).hexdigest() if MANIFEST.is_file() else ""
-    tags = {"data.manifest_sha256": manifest_sha, "train.precision": t.precision}
-    run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
-                          run_id=state.get("run_id"))
-    write_json(state_dir / "state.json", {"fingerprint": fp, "run_id": run.info.run_id})
-    log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if state else 'new'}) in experiment "
-               f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
-               f"train state in {state_dir}")
-    try:
-        model, rows = fit(cfg, strategy, plan, train, val, weights, state_dir, TRAIN_HISTORY,
-                          callbacks=[MlflowLogger()])
-        model = inference_model(model)  # no optimizer state, in the file or in MLflow
-        save_model(model, MODEL_FILE)
-        write_history_csv(rows, TRAIN_HISTORY)
-        log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
-        detector = fit_for_model(model, train.images, train.labels, val.images, t.ood_quantile,
-                                 t.batch_size)
-        detector.save(OOD_FILE)
-        mlflow.log_artifact(str(OOD_FILE), "ood")  # beside the MLflow model, for serving
-        log(STAGE, f"wrote {OOD_FILE}: out-of-distribution threshold {detector.threshold:.1f} "
-                   f"(passes {t.ood_quantile:.0%} of val)")
-        # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
-        logged = log_model(MODEL_FILE, train.classes, val.images[:1],
-                           cfg.tracking.registered_model, gradcam=gradcam_settings(cfg),
-                           num_outputs=int(model.output_shape[-1]))
-        name, version = cfg.tracking.registered_model, logged["version"]
-        log(STAGE, f"logged the MLflow model {logged['model_uri']}, " + (
-            f"registered as {name} version {version}" if version else
-            "not registered (tracking.registered_model=null)"))
-        write_run_file(run, RUN_FILE)
-    except BaseException as exc:  # the state stays: a rerun resumes this run
-        mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    mlflow.end_run()
-    shutil.rmtree(state_dir, ignore_errors=True)
+    # The attempt's token reaches the disk before its run exists: a kill in between leaves a run
+    # the next start still finds (by its tag) and resumes, instead of one RUNNING forever.
+    attempt = state.get("attempt") or uuid.uuid4().hex
+    write_json(state_dir / "state.json", {**state, "fingerprint": fp, "attempt": attempt})
+    tags = {"data.manifest_sha256": manifest_sha, "train.precision": t.precision,
+            ATTEMPT_TAG: attempt}
+    # the store failing mid-run (server down, SQLite locked): one paragraph, the state kept
+    with tracking_errors(uri, STAGE):
+        run_id = state.get("run_id") or (find_attempt_run(experiment_id, attempt) if state else None)
+        run = start_model_run(cfg, root, STAGE, extra_tags={k: v for k, v in tags.items() if v},
+                              run_id=run_id)
+        write_json(state_dir / "state.json",
+                   {"fingerprint": fp, "attempt": attempt, "run_id": run.info.run_id})
+        log(STAGE, f"MLflow run {run.info.run_id} ({'resumed' if run_id else 'new'}) in experiment "
+                   f"'{cfg.tracking.experiment}' at {mlflow.get_tracking_uri()}; "
+                   f"train state in {state_dir}")
+        try:
+            model, rows = fit(cfg, strategy, plan, train, val, weights, state_dir, TRAIN_HISTORY,
+                              callbacks=[MlflowLogger()])
+            model = inference_model(model)  # no optimizer state, in the file or in MLflow
+            save_model(model, MODEL_FILE)
+            write_history_csv(rows, TRAIN_HISTORY)
+            log(STAGE, f"wrote {MODEL_FILE} and {TRAIN_HISTORY} ({len(rows)} epochs)")
+            detector = fit_for_model(model, train.images, train.labels, val.images, t.ood_quantile,
+                                     t.batch_size)
+            detector.save(OOD_FILE)
+            mlflow.log_artifact(str(OOD_FILE), "ood")  # beside the MLflow model, for serving
+            log(STAGE, f"wrote {OOD_FILE}: out-of-distribution threshold {detector.threshold:.1f} "
+                       f"(passes {t.ood_quantile:.0%} of val)")
+            # the MLflow model holds the .keras file: no separate artifact copy of models/model.keras
+            logged = log_model(MODEL_FILE, train.classes, val.images[:1],
+                               cfg.tracking.registered_model, gradcam=gradcam_settings(cfg),
+                               num_outputs=int(model.output_shape[-1]))
+            name, version = cfg.tracking.registered_model, logged["version"]
+            log(STAGE, f"logged the MLflow model {logged['model_uri']}, " + (
+                f"registered as {name} version {version}" if version else
+                "not registered (tracking.registered_model=null)"))
+            write_run_file(run, RUN_FILE)
+        except BaseException as exc:  # the state stays: a rerun resumes this run
+            with contextlib.suppress(Exception):  # a dead store must not hide the first error
+                mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        mlflow.end_run()
+        shutil.rmtree(state_dir, ignore_errors=True)
     log(STAGE, f"logged to MLflow run {run.info.run_id}; run id in {RUN_FILE}")
     return val_metrics(rows)
+
+
+def close_attempt(old: dict, experiment_id: str) -> None:
+    """Mark the MLflow run of a discarded train state (config or data changed since) KILLED:
+    by its id, or by its attempt tag when the kill came before the id was recorded."""
+    run_id = old.get("run_id") or (old.get("attempt")
+                                   and find_attempt_run(experiment_id, old["attempt"]))
+    if run_id:
+        terminate_run(run_id)
 
 
 if __name__ == "__main__":

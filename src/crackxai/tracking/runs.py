@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import platform
+import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,15 +75,28 @@ def connect(tracking_uri: str, experiment: str) -> str:
             exp = client.get_experiment_by_name(experiment)
             if exp is not None:
                 return exp.experiment_id
-            return client.create_experiment(
-                experiment, artifact_location=default_artifact_location(tracking_uri)
-            )
+            try:
+                return client.create_experiment(
+                    experiment, artifact_location=default_artifact_location(tracking_uri)
+                )
+            except Exception:
+                # A parallel run (e.g. `dvc queue start -j 4` on a fresh server, which our file
+                # lock cannot serialise) created it first.
+                exp = client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                return exp.experiment_id
     except Exception as exc:  # MLflow raises many types for a bad store
         reason = " ".join(str(exc).split())[:300]
+        if "database is locked" in reason:  # reachable, but another writer kept it too long
+            raise CrackxaiError(
+                f"MLflow tracking store '{redact(tracking_uri)}' is locked by another process "
+                f"({reason}). Let that writer finish (or stop it), then rerun."
+            ) from None
         raise CrackxaiError(
             f"MLflow tracking store '{redact(tracking_uri)}' is not reachable ({reason}). Start the "
-            "server (see README 'Shared tracking server'), fix tracking.uri / MLFLOW_TRACKING_URI, "
-            "or use the local default: tracking=local."
+            "server (see docs/workflow.md 'Shared tracking server'), fix tracking.uri / "
+            "MLFLOW_TRACKING_URI, or use the local default: tracking=local."
         ) from None
 
 
@@ -153,10 +168,30 @@ def start_model_run(cfg: Config, root: str | Path, stage: str = "train",
         run = mlflow.start_run(run_id=run_id)
         mlflow.set_tags(tags)
     else:
-        run = mlflow.start_run(experiment_id=experiment_id,
-                               run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags)
+        # MLflow draws a run's generated name from the global `random`, which training has
+        # seeded: every run would get the same name. Draw it unseeded, then put the state back.
+        seeded = random.getstate()
+        random.seed()
+        try:
+            run = mlflow.start_run(experiment_id=experiment_id,
+                                   run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags)
+        finally:
+            random.setstate(seeded)
     mlflow.log_params(config_params(cfg))
     return run
+
+
+ATTEMPT_TAG = "crackxai.attempt"
+
+
+def find_attempt_run(experiment_id: str, attempt: str) -> str | None:
+    """The run tagged ATTEMPT_TAG=`attempt`: a training killed after creating its run but
+    before it could record the run's id still left the tag's value in its train state."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{ATTEMPT_TAG}` = '{attempt}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def _run_exists(run_id: str, experiment_id: str) -> bool:
@@ -204,10 +239,13 @@ def resume_model_run(cfg: Config, path: str | Path, root: str | Path,
         os.environ.get("MLFLOW_TRACKING_URI") else \
         info.get("tracking_uri") or resolve_tracking_uri(None, root)
     connect(uri, cfg.tracking.experiment)
-    with mlflow.start_run(run_id=info["run_id"]) as parent:
+    stage = nested_name or os.environ.get("DVC_STAGE") or "evaluate"  # for the error message
+    with tracking_errors(uri, stage), \
+            mlflow.start_run(run_id=info["run_id"]) as parent:
         if nested_name is None:
             yield parent
             return
+        close_stale_children(info["run_id"], nested_name)
         # A nested run does not inherit its parent's experiment: without experiment_id it lands
         # in "Default".
         with mlflow.start_run(run_name=nested_name, nested=True,
@@ -215,6 +253,54 @@ def resume_model_run(cfg: Config, path: str | Path, root: str | Path,
                               tags={**run_tags(nested_name), "crackxai.parent_run": info["run_id"]}
                               ) as child:
             yield child
+
+
+def close_stale_children(parent_id: str, name: str) -> list[str]:
+    """Mark as KILLED the `name` child runs of `parent_id` still RUNNING: left by a killed stage
+    (SIGKILL, power loss), which could not end its run. Only children of this model's run with
+    this stage's name: a parallel experiment's runs have other parents. Returns their ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    stale = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
+    ids = [r.info.run_id for r in stale if r.info.run_name == name]
+    for run_id in ids:
+        client.set_terminated(run_id, status="KILLED")
+    if ids:
+        logging.getLogger(__name__).info(
+            f"marked {len(ids)} interrupted '{name}' run(s) of {parent_id} KILLED: {ids}")
+    return ids
+
+
+# Exceptions of these packages, raised while talking to the store, mean the store failed (server
+# down, SQLite locked, ...), not the stage's own work.
+_TRACKING_PACKAGES = ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
+
+
+@contextlib.contextmanager
+def tracking_errors(tracking_uri: str, stage: str) -> Iterator[None]:
+    """Turn a failure of the tracking store in the middle of a stage into one paragraph (a
+    CrackxaiError) that says what is kept and how to continue, instead of a traceback."""
+    try:
+        yield
+    except CrackxaiError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in _TRACKING_PACKAGES:
+            raise
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        locked = "database is locked" in reason
+        fix = ("another process holds a write lock on the SQLite store: let it finish (or stop "
+               "it), then rerun" if locked else
+               "check that the server is up (docs/workflow.md 'Shared tracking server') and rerun")
+        raise CrackxaiError(
+            f"The MLflow tracking store '{redact(tracking_uri)}' failed during the {stage} stage "
+            f"({reason}). Outputs already written are complete (they are written atomically) and "
+            f"an interrupted training resumes from models/.train_state: {fix} (`dvc repro`)."
+        ) from None
 
 
 def terminate_run(run_id: str, status: str = "KILLED") -> None:
