@@ -360,3 +360,32 @@ def test_model_from_an_mlflow_run_uri(project, capsys, model_file, surfaces):
     assert code == 0, err
     rows = read_summary(project / "out")
     assert rows[0]["photo"] == photo.name and float(rows[0]["crack_score"]) > 0.9
+
+
+def test_tiles_the_detector_beside_the_model_flags_score_zero(tmp_path):
+    """With an out-of-distribution detector beside the model (as the train stage saves it), a
+    blank tile is reported out of distribution and scores 0; a tile like the training data
+    does not."""
+    from crackxai.core.paths import ood_file_for
+    from crackxai.models.io import save_model
+    from crackxai.models.ood import fit_for_model
+    from crackxai.models.resnet import build_model
+
+    rng = np.random.default_rng(0)
+
+    def surface(n: int) -> np.ndarray:  # 227 px textured patches, area-resized as inspect does
+        big = rng.normal(128, 40, (n, 227, 227, 3)).clip(0, 255).astype(np.uint8)
+        return np.stack([cv2.resize(b, (32, 32), interpolation=cv2.INTER_AREA) for b in big])
+
+    model = build_model(2, 32, None, seed=0)
+    model_file = tmp_path / "model.keras"
+    save_model(model, model_file)
+    fit_for_model(model, surface(40), np.arange(40) % 2, surface(20), 0.999).save(
+        ood_file_for(model_file))
+    photo = np.zeros((227, 454, 3), np.uint8)
+    photo[:, :227] = rng.normal(128, 40, (227, 227, 3)).clip(0, 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "wall.png"), photo)
+    (out,) = inspect_photos([("wall", tmp_path / "wall.png")], Predictor(model, 8), 1, 227, 227,
+                            0.5, model_path=str(model_file))
+    assert out.out_of_distribution.tolist() == [False, True]  # the right tile is a blank frame
+    assert out.probabilities[1] == 0.0

@@ -344,3 +344,30 @@ def test_readme_curl_example_is_the_served_format():
     readme = (REPO / "README.md").read_text()
     assert "mlflow models serve -m models:/crackxai@champion --env-manager local" in readme
     assert '"dataframe_split": {"columns": ["image"]' in readme
+
+
+def test_served_model_flags_out_of_distribution_images_with_the_detector_beside_it(served):
+    """A detector saved beside the model (as the train stage does) ships with it, and the served
+    model's out_of_distribution column is that detector's verdict on the same images."""
+    from crackxai.core.paths import ood_file_for
+    from crackxai.models.ood import FeatureExtractor, fit_for_model
+
+    model, model_file = served["model"], served["model_file"]
+    rng = np.random.default_rng(5)
+    surface = rng.normal(128, 12, (40, SIZE, SIZE, 3)).clip(0, 255).astype(np.float32)
+    detector = fit_for_model(model, surface[:30], np.arange(30) % 2, surface[30:], 0.9)
+    detector.save(ood_file_for(model_file))
+    mlflow.set_tracking_uri(served["store"])
+    try:
+        with mlflow.start_run() as run:
+            log_model(model_file, CLASSES, surface[:1], None, num_outputs=len(CLASSES),
+                      gradcam=gradcam_settings(served["cfg"]))
+    finally:
+        ood_file_for(model_file).unlink()
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    images = np.concatenate([surface[30:33], np.zeros((1, SIZE, SIZE, 3), np.float32),
+                             rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)])
+    out = pyfunc.predict(images)
+    expected = detector.flags(FeatureExtractor(model)(images)[1])
+    assert out["out_of_distribution"].tolist() == expected.astype(bool).tolist()
+    assert out["out_of_distribution"].iloc[3]  # the black frame

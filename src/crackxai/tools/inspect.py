@@ -332,8 +332,10 @@ def photo_record(photo: Photo, stem: str, threshold: float, explain: str | None,
         "tile": t.tile, "stride": t.stride, "grid": list(t.grid), "threshold": threshold,
         "crack_score": round(photo.score, 4),
         "flagged_tiles": int(np.count_nonzero(photo.probabilities >= threshold)),
-        "tiles": [{"box": box, "p": round(float(q), 4)}
-                  for box, q in zip(t.boxes().tolist(), photo.probabilities, strict=True)],
+        "tiles": [{"box": box, "p": round(float(q), 4),
+                   **({} if ood is None else {"out_of_distribution": bool(ood[i])})}
+                  for i, (box, q) in enumerate(zip(t.boxes().tolist(), photo.probabilities,
+                                                   strict=True))],
         "regions": photo.regions, "explain": explain, "overlay": f"{stem}.png",
         "out_of_distribution_tiles": None if ood is None else int(np.count_nonzero(ood)),
     }
