@@ -343,6 +343,7 @@ def test_model_from_an_mlflow_run_uri(project, capsys, model_file, surfaces):
     store = f"sqlite:///{project / 'mlflow.db'}"
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("inspect")  # not an experiment id another test left active
     try:
         with mlflow.start_run() as active:
             log_model(model_file, ["Negative", "Positive"], np.zeros((1, SIZE, SIZE, 3), np.uint8),

@@ -62,10 +62,12 @@ def test_warm_start_from_a_keras_file_copies_the_backbone_and_rebuilds_the_head(
 def test_warm_start_from_a_runs_uri(source, project):
     store = f"sqlite:///{project / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("warm-start")  # not an experiment id another test left active
     src = load_model(source)
     try:
         with mlflow.start_run() as run:
-            log_model(src, np.zeros((1, SIZE, SIZE, 3), np.uint8), None)
+            log_model(source, ["Negative", "Positive"], np.zeros((1, SIZE, SIZE, 3), np.uint8),
+                      None)
     finally:
         mlflow.set_tracking_uri(None)
     local = model_file(f"runs:/{run.info.run_id}/model", store)
@@ -113,10 +115,11 @@ def test_train_stage_warm_starts_from_a_registered_model(source, project):
     write_processed(project)
     store = f"sqlite:///{project / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("warm-start")  # not an experiment id another test left active
     try:
         with mlflow.start_run():
-            version = log_model(load_model(source), np.zeros((1, SIZE, SIZE, 3), np.uint8),
-                                "warm")["version"]
+            version = log_model(source, ["Negative", "Positive"],
+                                np.zeros((1, SIZE, SIZE, 3), np.uint8), "warm")["version"]
         mlflow.MlflowClient().set_registered_model_alias("warm", "base", version)
     finally:
         mlflow.set_tracking_uri(None)
