@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import mlflow
 import yaml
 
+from tests.conftest import free_ports
 from tests.test_workflow import make_project, sh, tool_env
 
 PIPELINE = ("validate", "download", "preprocess", "train", "evaluate", "explain")
@@ -182,18 +182,12 @@ class Background:
         return rc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 over a SQLite store in `home`; stop() kills it with
     SIGKILL (a crash), start() again brings it back on the same port and store."""
 
     def __init__(self, home: Path, port: int | None = None):
-        self.home, self.port = home, port or free_port()
+        self.home, self.port = home, port or free_ports()[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         home.mkdir(parents=True, exist_ok=True)

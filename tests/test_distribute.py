@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,22 +25,13 @@ import pytest
 
 from crackxai.core.errors import CrackxaiError
 from crackxai.models import distribute
+from tests.conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "dist_train_tiny.py"
 WEIGHT_ATOL = 1e-4
 PRED_ATOL = 1e-5
 TIMEOUT = 600
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def env(tf_config: dict | None = None) -> dict[str, str]:

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -46,7 +45,7 @@ from crackxai.tracking.registry import (
 )
 from crackxai.xai import registry
 from crackxai.xai.cam import resolve_layer
-from tests.conftest import REPO, SHARED_SAMPLE
+from tests.conftest import REPO, SHARED_SAMPLE, free_ports
 from tests.test_train import CLASSES, ENV_LEAKS, SIZE
 
 NAME = "crackxai"
@@ -252,12 +251,6 @@ def test_pyfunc_loads_where_crackxai_is_not_installed(served, champion, tmp_path
                                rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -273,7 +266,7 @@ def test_mlflow_models_serve_answers_http_posts_like_the_model_in_process(served
                                                                          tmp_path):
     """`mlflow models serve -m models:/crackxai@champion --env-manager local` on 127.0.0.1: real
     POSTs to /invocations, with and without Grad-CAM, equal the in-process answers."""
-    port = _free_port()
+    (port,) = free_ports()
     env = {**os.environ, "MLFLOW_TRACKING_URI": served["store"],
            # the server execs uvicorn by name: this interpreter's scripts first on PATH
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

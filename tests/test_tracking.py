@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import requests
 from crackxai.config import default_config
 from crackxai.core.paths import project_root
 from crackxai.tracking import runs as tracking
+from tests.conftest import free_ports
 
 VENV_BIN = Path(sys.executable).parent
 N_WRITERS = 3
@@ -134,16 +134,10 @@ def test_nested_run_stays_in_model_experiment(project: Path) -> None:
     assert client.search_runs(["0"]) == []  # nothing in Default
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real `mlflow server` (SQLite backend, proxied artifacts in a folder); killed afterwards."""
-    port = _free_port()
+    (port,) = free_ports()
     uri = f"http://127.0.0.1:{port}"
     art = tmp_path / "art"
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed in the finalizer

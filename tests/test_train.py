@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from crackxai.models.resnet import (
 from crackxai.models.training import ResumableEarlyStopping, backup_dir
 from crackxai.stages.train import main
 from crackxai.tracking.runs import config_params
+from tests.conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -302,9 +302,7 @@ def test_unreachable_tracking_server_fails_before_training(project, capsys):
     """Through the entry point (`python -m crackxai.train` calls run_stage; run in-process to
     spare a TensorFlow import): exit code 2, one short message, no training started."""
     write_processed(project)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports()  # a port nothing listens on
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         run_stage("train", main, [f"tracking.uri=http://127.0.0.1:{port}"])
