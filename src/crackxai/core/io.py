@@ -132,6 +132,43 @@ def open_memmap(path: str | Path, shape: tuple[int, ...], dtype: Any) -> np.memm
     return array
 
 
+class NpyRows:
+    """A new .npy file of `shape` (blocks reserved as open_memmap reserves them) written row by
+    row with os.pwrite. Why not stores into a memory map: on ext4 each first store into a page of
+    a fresh map costs a page fault (~10 us per 4 KiB), most of preprocess's time at 40,000 images;
+    pwrite copies into the page cache directly, releases the GIL, and is safe from threads."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: Any) -> None:
+        header = open_memmap(path, shape, dtype)
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self._offset = header.offset
+        del header  # unmaps; the file keeps its header and reserved blocks
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(path, os.O_RDWR)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Rows start, start+1, ... of the file from `rows` (shape (k, *shape[1:]))."""
+        data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")
+        if len(data) != len(rows) * self._row_bytes or start + len(rows) > self.shape[0]:
+            raise ValueError(f"{self.path}: rows {start}..{start + len(rows)} of shape "
+                             f"{np.shape(rows)} do not fit {self.shape}")
+        offset = self._offset + start * self._row_bytes
+        while data:  # pwrite may write less than asked
+            written = os.pwrite(self._fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> NpyRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from crackxai.core.errors import DataError
-from crackxai.core.io import open_memmap
+from crackxai.core.io import NpyRows
 
 SPLITS = ("train", "val", "test")
 
@@ -173,19 +173,19 @@ def write_split(out: str | Path, name: str, images: np.ndarray, labels: np.ndarr
     out = Path(out)
     idx = np.arange(len(labels)) if idx is None else np.asarray(idx)
     size = images.shape[1]
-    dst = open_memmap(out / f"{name}_images.npy", dtype=np.uint8,
-                                    shape=(len(idx), size, size, 3))
-    dst_masks = (open_memmap(out / f"{name}_masks.npy", dtype=np.uint8,
-                                           shape=(len(idx), size, size))
-                 if masks is not None else None)
+    sources = [(images, NpyRows(out / f"{name}_images.npy", (len(idx), size, size, 3), np.uint8))]
+    if masks is not None:
+        sources.append((masks, NpyRows(out / f"{name}_masks.npy", (len(idx), size, size),
+                                       np.uint8)))
     for start in range(0, len(idx), CHUNK):
         part = idx[start:start + CHUNK]
-        dst[start:start + len(part)] = images[part]
-        if dst_masks is not None:
-            dst_masks[start:start + len(part)] = masks[part]
-    dst.flush()
-    if dst_masks is not None:
-        dst_masks.flush()
+        order = np.argsort(part, kind="stable")  # read the source in file order
+        for src, dst in sources:
+            rows = np.empty((len(part),) + src.shape[1:], src.dtype)
+            rows[order] = src[part[order]]
+            dst.write(start, rows)
+    for _, dst in sources:
+        dst.close()
     np.save(out / f"{name}_labels.npy", np.asarray(labels)[idx].astype(np.int64))
     table = records.iloc[idx][list(RECORD_COLUMNS)].reset_index(drop=True)
     table.insert(0, "index", np.arange(len(idx)))
