@@ -287,3 +287,53 @@ def test_load_split_round_trip_is_memory_mapped(project: Path) -> None:
         assert np.array_equal(split.images[0], expected)
         assert split.classes[split.labels[0]] == row["class"]
     assert total == 24
+
+
+@pytest.mark.parametrize("case", ["clean", "bad_files", "changed_after_manifest",
+                                  "near_duplicates", "with_masks"])
+def test_every_split_row_holds_its_own_image(project: Path, case: str) -> None:
+    """Pixels go straight to a provisional split's files (crackxai.data.placement); whether
+    or not the real split differs (bad files, bytes that changed after the manifest,
+    near-duplicate groups), row k of each split file is the image its csv names."""
+    make_raw(20, 20)
+    overrides = []
+    masks = {}
+    if case == "with_masks":
+        (RAW / "_masks" / "Positive").mkdir(parents=True)
+        for i in range(0, 20, 3):
+            mask = np.zeros((48, 48), np.uint8)
+            mask[i:i + 5, :] = 255
+            cv2.imwrite(str(RAW / "_masks" / "Positive" / f"{i:04d}.png"), mask)
+            masks[f"Positive/{i:04d}.jpg"] = f"_masks/Positive/{i:04d}.png"
+    if case == "bad_files":
+        (RAW / "Negative" / "0003.jpg").write_bytes(b"not an image")
+        (RAW / "Positive" / "0000.jpg").write_bytes(b"")
+        overrides.append("preprocess.min_good_fraction=0.5")
+    if case == "near_duplicates":
+        for i in range(0, 20, 4):  # a near-identical twin of every fourth image
+            twin = texture(i).astype(np.int16) + 2
+            cv2.imwrite(str(RAW / "Negative" / f"{i:04d}_twin.jpg"),
+                        twin.clip(0, 255).astype(np.uint8))
+        overrides.append("preprocess.split.group_by=near_duplicates")
+    write_manifest(masks)
+    if case == "changed_after_manifest":  # after the manifest: its hash no longer matches
+        shutil.copy(RAW / "Negative" / "0001.jpg", RAW / "Negative" / "0002.jpg")
+
+    report = run(*overrides)
+
+    seen = set()
+    for split in dataset.SPLITS:
+        table = dataset.load_split(split, "data/processed")
+        assert len(table) > 0
+        for k, rel in enumerate(table.records["path"]):
+            bgr = cv2.imread(str(RAW / rel))
+            expected = cv2.cvtColor(cv2.resize(bgr, (32, 32), interpolation=cv2.INTER_AREA),
+                                    cv2.COLOR_BGR2RGB)
+            np.testing.assert_array_equal(table.images[k], expected, err_msg=f"{split} {rel}")
+            if case == "with_masks":
+                assert table.masks[k].max() == (rel in masks)
+            seen.add(rel)
+    assert len(seen) == sum(v["total"] for v in report["per_split"].values())
+    assert not list(Path("data/processed").glob("_*"))  # no staging or side file left
+    if case == "changed_after_manifest":
+        assert report["duplicates"] == 1

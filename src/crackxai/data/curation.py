@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crackxai.data.groups import group_split
 from crackxai.data.processed import SPLITS
 
 
@@ -42,6 +43,17 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float],
         parts["test"].append(idx[n_val:n_val + n_test])
         parts["train"].append(idx[n_val + n_test:])
     return {s: rng.permutation(np.concatenate(parts[s])) for s in SPLITS}
+
+
+def choose_split(group_by: str, labels: np.ndarray, groups: np.ndarray,
+                 fractions: dict[str, float], seed: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the split preprocess uses, the plain stratified one), indices into `labels`: the plain
+    one unless `group_by` groups the rows (then no group straddles two splits)."""
+    random_split = stratified_split(labels, fractions, seed)
+    if group_by == "none":
+        return random_split, random_split
+    return group_split(labels, groups, fractions, seed), random_split
 
 
 def quality_report(rows: pd.DataFrame, keep: np.ndarray, duplicates: list[dict],

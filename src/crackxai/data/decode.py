@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from crackxai.core.errors import DataError
-from crackxai.core.io import NpyRows
 from crackxai.core.progress import progress
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
@@ -133,9 +131,13 @@ def load_file(job: tuple[str, str, int, int]) -> dict[str, Any]:
     return out
 
 
-def decode_all(jobs: list[tuple[str, str, int, int]], staged: NpyRows,
-               staged_masks: NpyRows | None, workers: int) -> list[dict[str, Any]]:
-    """Run `load_file` on every job, writing row i of `staged` (and `staged_masks`) as it goes.
+class RowSink(Protocol):
+    def write(self, row: int, data: np.ndarray) -> None: ...
+
+
+def decode_all(jobs: list[tuple[str, str, int, int]], images: RowSink, masks: RowSink | None,
+               workers: int) -> list[dict[str, Any]]:
+    """Run `load_file` on every job, writing row i of `images` (and `masks`) as it goes.
 
     Threads, not processes: OpenCV's decode/resize, hashlib and file reads release the GIL, and
     there is neither fork (a forked child can deadlock in OpenCV's thread pool) nor the start-up
@@ -145,9 +147,9 @@ def decode_all(jobs: list[tuple[str, str, int, int]], staged: NpyRows,
         res = load_file(jobs[i])
         image, mask = res.pop("image"), res.pop("mask")
         if image is not None:
-            staged.write(i, image[None])
-        if mask is not None and staged_masks is not None:
-            staged_masks.write(i, mask[None])
+            images.write(i, image)
+        if mask is not None and masks is not None:
+            masks.write(i, mask)
         res["has_mask"] = mask is not None
         return res
 
@@ -165,25 +167,17 @@ def decode_all(jobs: list[tuple[str, str, int, int]], staged: NpyRows,
         cv2.setNumThreads(cv_threads)
 
 
-def decode_rows(rows: pd.DataFrame, raw_dir: Path, out: Path, size: int, min_source_size: int,
-                workers: int, classes: list[str]
-                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
-    """Decode every manifest row into staging .npy files in `out` (row i -> index i).
+def decode_rows(rows: pd.DataFrame, raw_dir: Path, size: int, min_source_size: int,
+                workers: int, classes: list[str], images: RowSink,
+                masks: RowSink | None) -> pd.DataFrame:
+    """Decode every manifest row i into row i of `images` (its mask into `masks`).
 
     Returns the rows with the per-file results (sha256, reason, detail, note, has_mask,
-    mask_problem), `good` and `label` columns added, and the staging images and masks, mapped
-    read-only (None when no row has a mask)."""
-    n = len(rows)
-    paths = {"images": out / "_staging_images.npy", "masks": out / "_staging_masks.npy"}
-    has_masks = bool((rows["mask"] != "").any())
+    mask_problem) and `good` and `label` columns added."""
     jobs = [(str(raw_dir / r.path), str(raw_dir / r.mask) if r.mask else "", size,
              min_source_size) for r in rows.itertuples()]
-    with NpyRows(paths["images"], (n, size, size, 3), np.uint8) as staged, \
-            (NpyRows(paths["masks"], (n, size, size), np.uint8) if has_masks
-             else contextlib.nullcontext()) as staged_masks:
-        results = decode_all(jobs, staged, staged_masks, workers)
+    results = decode_all(jobs, images, masks, workers)
     rows = pd.concat([rows, pd.DataFrame(results)], axis=1)
     rows["good"] = rows["reason"] == ""
     rows["label"] = rows["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
-    return (rows, np.load(paths["images"], mmap_mode="r"),
-            np.load(paths["masks"], mmap_mode="r") if has_masks else None)
+    return rows

@@ -186,7 +186,13 @@ def write_split(out: str | Path, name: str, images: np.ndarray, labels: np.ndarr
             dst.write(start, rows)
     for _, dst in sources:
         dst.close()
-    np.save(out / f"{name}_labels.npy", np.asarray(labels)[idx].astype(np.int64))
+    write_split_tables(out, name, labels, records, idx)
+
+
+def write_split_tables(out: str | Path, name: str, labels: np.ndarray, records: pd.DataFrame,
+                       idx: np.ndarray) -> None:
+    """{name}_labels.npy and {name}.csv of the rows `idx` (the arrays are written apart)."""
+    np.save(Path(out) / f"{name}_labels.npy", np.asarray(labels)[idx].astype(np.int64))
     table = records.iloc[idx][list(RECORD_COLUMNS)].reset_index(drop=True)
     table.insert(0, "index", np.arange(len(idx)))
-    table.to_csv(out / f"{name}.csv", index=False)
+    table.to_csv(Path(out) / f"{name}.csv", index=False)

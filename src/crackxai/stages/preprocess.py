@@ -26,8 +26,9 @@ Caveat: the 40,000 patches of the surface-crack dataset are 227x227 crops of 458
 photo IDs are published, so crops of one photo can land in train and test. Test accuracy is then
 an optimistic estimate of accuracy on new photos (the same note is in the report).
 
-Decoding runs in `preprocess.workers` threads and goes straight into a memory-mapped staging
-array, so memory stays flat however large the dataset is.
+Decoding runs in `preprocess.workers` threads and writes each image straight to its place in
+its split's file (crackxai.data.placement), so memory stays flat however large the dataset is
+and a clean data set's pixels are written once.
 """
 
 from __future__ import annotations
@@ -42,19 +43,19 @@ from crackxai.core.entry import log
 from crackxai.core.errors import DataError
 from crackxai.core.io import atomic_dir, write_json
 from crackxai.core.paths import DATA_QUALITY, MANIFEST, PROCESSED_DIR, RAW_DIR
-from crackxai.data.curation import deduplicate, quality_report, split_summary, stratified_split
+from crackxai.data.curation import choose_split, deduplicate, quality_report, split_summary
 from crackxai.data.decode import decode_rows
 from crackxai.data.groups import (
     check_column,
     check_regex_matches,
     find_groups,
-    group_split,
     group_summary,
     straddles,
 )
 from crackxai.data.kaggle import LEAK_CAVEAT, is_kaggle_data
 from crackxai.data.manifest import RERUN_DOWNLOAD, find_classes, read_manifest
-from crackxai.data.processed import SPLITS, write_classes, write_split
+from crackxai.data.placement import RowStore, provisional_split
+from crackxai.data.processed import SPLITS, write_classes, write_split_tables
 
 STAGE = "preprocess"
 
@@ -81,10 +82,18 @@ def main(cfg: Config) -> dict[str, Any]:
     log(STAGE, f"{n} files in {len(classes)} classes {classes} from {MANIFEST}; decoding -> "
                f"{size}x{size} RGB with {p.workers or 'no'} worker thread(s)")
 
+    fractions = {"train": p.split.train, "val": p.split.val, "test": p.split.test}
+    provisional = provisional_split(rows, classes, group_by, fractions, cfg.seed,
+                                    p.split.group_column, p.split.group_regex)
     with atomic_dir(PROCESSED_DIR) as out:
-        # 1. Read, hash, check, resize: straight into memory-mapped staging arrays, in path order.
-        rows, staged, staged_masks = decode_rows(rows, RAW_DIR, out, size, p.min_source_size,
-                                                 p.workers, classes)
+        # 1. Read, hash, check, resize: each image straight to its place in a split file.
+        stores = [RowStore(out, "images", (size, size, 3), provisional, n)]
+        if bool((rows["mask"] != "").any()):
+            stores.append(RowStore(out, "masks", (size, size), provisional, n))
+        rows = decode_rows(rows, RAW_DIR, size, p.min_source_size, p.workers, classes,
+                           stores[0], stores[1] if len(stores) > 1 else None)
+        for store in stores:
+            store.close()
 
         # 2. Quality report and de-duplication.
         keep, duplicates, conflicts = deduplicate(rows)
@@ -118,14 +127,11 @@ def main(cfg: Config) -> dict[str, Any]:
 
         # 3. Groups, the split (no group in two splits) and each split's arrays, gathered from
         # the staging arrays in chunks.
-        fractions = {"train": p.split.train, "val": p.split.val, "test": p.split.test}
         kept_rows = rows.iloc[keep]
-        groups = find_groups(group_by, kept_rows["path"].tolist(), staged, keep,
+        groups = find_groups(group_by, kept_rows["path"].tolist(), stores[0], keep,
                              kept_rows[p.split.group_column].tolist() if group_by == "column"
                              else None, p.split.group_regex, p.split.hash_distance)
-        random_split = stratified_split(kept_labels, fractions, cfg.seed)
-        chosen = (random_split if group_by == "none"
-                  else group_split(kept_labels, groups, fractions, cfg.seed))
+        chosen, random_split = choose_split(group_by, kept_labels, groups, fractions, cfg.seed)
         report["groups"] = {"by": group_by, **group_summary(groups),
                             "straddles": straddles(groups, chosen),
                             "straddles_random_split": straddles(groups, random_split)}
@@ -146,13 +152,12 @@ def main(cfg: Config) -> dict[str, Any]:
         hashes = [set(rows["sha256"].to_numpy()[idx]) for idx in splits.values()]
         assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2]), \
             "a content hash is in two splits"
+        for store in stores:
+            store.finish(splits)
         for name, idx in splits.items():
-            write_split(out, name, staged, rows["label"].to_numpy(), rows, staged_masks, idx)
+            write_split_tables(out, name, rows["label"].to_numpy(), rows, idx)
         report["per_split"] = split_summary(rows, splits, classes)
         write_classes(out, classes, size)
-        del staged, staged_masks
-        for f in out.glob("_staging_*.npy"):
-            f.unlink()
     write_json(DATA_QUALITY, report)
     sizes = ", ".join(f"{s} {v['total']}" for s, v in report["per_split"].items())
     log(STAGE, f"wrote {PROCESSED_DIR} ({sizes}) and {DATA_QUALITY}")
