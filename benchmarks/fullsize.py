@@ -130,7 +130,8 @@ def main() -> None:
     (args.workdir / "fullsize.json").write_text(json.dumps(results, indent=2, default=float))
     print("\n| step | wall | images/s | peak RSS | peak anon |\n|---|---|---|---|---|")
     for r in rows:
-        rate = f"{r['images_per_s']:.3g}" if r.get("images_per_s") else ""
+        v = r.get("images_per_s")
+        rate = "" if not v else f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.3f}"
         print(f"| {r['step']} | {r['wall_s']:.1f} s | {rate} | {r['peak_rss_mb']:.0f} MB | "
               f"{r['peak_anon_mb']:.0f} MB |")
     print(f"test metrics: {json.dumps(results['metrics'])[:600]}")
