@@ -145,11 +145,10 @@ def synced_moments(x: tf.Tensor, axes: list[int], keepdims: bool) -> tuple[tf.Te
     squared deviation from it (two all-reduces in turn).
 
     Keras 3.15's synchronized BatchNorm takes E[x^2] - E[x]^2 from one all-reduce: in float32
-    that cancels catastrophically where a channel's mean is large against its spread (ResNet50
-    from random init on 0-255 images has such channels), so mirrored and multi-worker runs
-    normalised by another variance than one process and trained differently (2.7e-3 apart in
-    predictions after 2 steps of the train stage, 0.07-0.4 for dist_train_tiny.py --model
-    resnet50; tests/test_distribute.py)."""
+    that cancels catastrophically where a channel's mean is large against its spread (as may happen in a
+    random-init ResNet50), so mirrored and multi-worker runs normalised by another
+    variance than one process (0.0 or 0.125 where it is 1e-4:
+    test_synchronized_batchnorm_variance_is_the_one_process_variance)."""
     ctx = tf.distribute.get_replica_context()
     if not ctx:
         return tf.nn.moments(x, axes, keepdims=keepdims)
