@@ -5,7 +5,7 @@ strategy, as the train stage does it. Run as a script, a fresh process per devic
 
     python tests/dist_train_tiny.py OUT_DIR DISTRIBUTION [--logical-cpus N] [--n 64] [--size 16]
                                     [--batch 16] [--epochs 2] [--no-sync-bn] [--no-augment]
-                                    [--model tiny|resnet50]
+                                    [--model tiny|resnet50] [--lr 1e-2]
 
 TF_CONFIG in the environment makes it one worker of a cluster. Writes, on the chief only,
 OUT_DIR/weights.npz (every weight, in model.weights order), OUT_DIR/model.keras and
@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--model", choices=("tiny", "resnet50"), default="tiny",
                    help="resnet50: crackxai's own model from random init (benchmarks)")
+    p.add_argument("--lr", type=float, default=1e-2)
     a = p.parse_args()
 
     from crackxai.models import distribute
@@ -114,7 +115,7 @@ def main() -> None:
         if not a.no_sync_bn:
             distribute.synchronize_batchnorm(model)
         start = time.perf_counter()
-        run_phases(model, [Phase("phase1", a.epochs, 1e-2, None)], train_ds, val_ds,
+        run_phases(model, [Phase("phase1", a.epochs, a.lr, None)], train_ds, val_ds,
                    a.out / f"state{worker.index}", scratch / "history.csv", patience=10,
                    callbacks=[timer])
         seconds = time.perf_counter() - start

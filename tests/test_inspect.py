@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import csv
 import html.parser
+import importlib.util
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -27,6 +31,7 @@ from crackxai.tools.inspect import inspect_photos, main
 from crackxai.xai import registry
 from crackxai.xai.metrics import pointing_tolerance
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # the tiny model's input
 SURFACE = (1024, 768)  # width, height
 
@@ -390,3 +395,82 @@ def test_tiles_the_detector_beside_the_model_flags_score_zero(tmp_path):
                             0.5, model_path=str(model_file))
     assert out.out_of_distribution.tolist() == [False, True]  # the right tile is a blank frame
     assert out.probabilities[1] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# --runner ray: a real private Ray cluster (num_cpus=2, 2 actors) against the local runner
+# ----------------------------------------------------------------------------------------------
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,  # not imported: see
+                               reason="the optional `ray` group is not installed")  # test_runners
+
+
+@needs_ray
+def test_ray_runner_gives_the_local_outputs_in_input_order(project, capsys, model_file, surfaces):
+    """Photos by path to 2 actors that each load the model once: the same probability maps,
+    Grad-CAM heat maps, regions, JSON, overlays and summary as the local runner, each photo
+    written in the order of the input list (a broken and a padded photo among them)."""
+    from crackxai.core.ray_pool import ray_cluster
+    from crackxai.tools.inspect import InspectJob, ray_photos
+
+    folder = project / "photos"
+    for path, _ in surfaces:
+        (folder / path.name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path.name).write_bytes(path.read_bytes())
+    write_rgb(folder / "tiny.png", synthetic.render_surface(100, 80, seed=9, cracks=0)[0])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    names = sorted(p.name for p in folder.iterdir())  # list_photos' order
+    args = ["--model", model_file, folder, "--explain", "gradcam", "--stride", "150"]
+    code, _, err = run(capsys, *args, "--out", project / "local")
+    assert code == 0, err
+    with ray_cluster(None, num_cpus=2) as ray:
+        assert ray.cluster_resources()["CPU"] == 2
+        code, out, err = run(capsys, *args, "--out", project / "ray", "--runner", "ray",
+                             "--num-actors", "2")
+        assert code == 0, err
+        files = [(n, folder / n) for n in names]
+        job = InspectJob(str(model_file), 1, 227, 150, 0.5, 8, "gradcam", "features")
+        remote = list(ray_photos(job, files, None, 2))
+    assert "runner ray: 2 actor(s)" in out and "tiny.png is 100x80" in out  # the driver warns
+    written = re.findall(rf"\[\d+/{len(names)}\] (\S+): ", out)
+    assert written == names  # in input order
+
+    local_files = sorted(p.name for p in (project / "local").iterdir())
+    assert local_files == sorted(p.name for p in (project / "ray").iterdir())
+    for name in local_files:
+        a, b = project / "local" / name, project / "ray" / name
+        if name.endswith(".png"):
+            assert np.array_equal(cv2.imread(str(a)), cv2.imread(str(b))), name
+        elif name != "index.html":  # the page holds nothing the summary does not
+            assert a.read_text() == b.read_text(), name
+
+    model = keras.saving.load_model(model_file)
+    predictor = Predictor(model, 8)
+    gradcam = registry.create("gradcam", model=model, predictor=predictor, layer="features")
+    local = list(inspect_photos(files, predictor, 1, 227, 150, 0.5, gradcam))
+    assert [p.name for p in remote] == names
+    for a, b in zip(local, remote, strict=True):
+        assert a.error == b.error and a.path == b.path
+        if a.error:
+            continue
+        np.testing.assert_array_equal(b.probabilities, a.probabilities, err_msg=a.name)
+        np.testing.assert_array_equal(b.probability_map, a.probability_map, err_msg=a.name)
+        np.testing.assert_array_equal(b.heat, a.heat, err_msg=a.name)
+        assert b.regions == a.regions
+
+
+def test_ray_runner_without_ray_is_one_paragraph(tmp_path: Path, surfaces) -> None:
+    """A fresh Python where `import ray` fails (the default install): one paragraph naming the
+    install command, before the model is loaded or anything is written."""
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from crackxai.tools.inspect import main\n"
+            f"main(['--model', 'nowhere.keras', {str(surfaces[0][0])!r}, '--runner', 'ray', "
+            f"'--out', {str(tmp_path / 'out')!r}])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # TensorFlow may print its notices first
+    assert last.startswith("crackxai.inspect: error: --runner ray needs Ray")
+    assert "uv sync --group ray" in last and "--runner local" in last
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

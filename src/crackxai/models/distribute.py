@@ -19,10 +19,12 @@ tensorflow/tensorflow#72388). `_maybe_symbolic_build` draws a batch from an extr
 to learn its shapes: a reshuffling dataset then starts its first epoch on its *second* order, so
 a mirrored run trains on other batches than a single-process one, and across workers it
 all-reduces that (uint8 images, int labels) batch, which fails. `reduce_per_replica` reduces the
-scalar logs of a multi-worker step with `axis=0`, which fails. `install_keras_shim` replaces those
-two functions (every strategy but `none`), only for the Keras version and signatures it was
-written against: any other Keras fails loudly here instead of training differently or hanging in
-a collective.
+scalar logs of a multi-worker step with `axis=0`, which fails. And synchronized BatchNorm takes
+the variance as E[x^2] - E[x]^2 (`_compute_moments_sync`), which cancels in float32 where a
+channel's mean is large against its spread: such a run normalises by another variance than one
+process (see `synced_moments`). `install_keras_shim` replaces those three functions (every
+strategy but `none`), only for the Keras version and signatures it was written against: any
+other Keras fails loudly here instead of training differently or hanging in a collective.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SHIM_KERAS_VERSION = "3.15.1"
 SHIM_SIGNATURES = {
     "TensorFlowTrainer._maybe_symbolic_build": "(self, iterator=None, data_batch=None)",
     "reduce_per_replica": "(values, strategy, reduction)",
+    "nn._compute_moments_sync": "(x, axes, keepdims)",
 }
 
 
@@ -110,6 +113,12 @@ def _trainer_module():
     return trainer
 
 
+def _nn_module():
+    from keras.src.backend.tensorflow import nn
+
+    return nn
+
+
 def check_shim_target() -> None:
     """Fails unless Keras is the version, and the two patched functions have the signatures, the
     shim was written for."""
@@ -118,15 +127,41 @@ def check_shim_target() -> None:
         "TensorFlowTrainer._maybe_symbolic_build":
             str(inspect.signature(trainer.TensorFlowTrainer._maybe_symbolic_build)),  # noqa: SLF001
         "reduce_per_replica": str(inspect.signature(trainer.reduce_per_replica)),
+        "nn._compute_moments_sync": str(inspect.signature(_nn_module()._compute_moments_sync)),  # noqa: SLF001
     }
     if keras.__version__ != SHIM_KERAS_VERSION or found != SHIM_SIGNATURES:
         raise CrackxaiError(
-            f"train.distribution=mirrored|multi_worker patches two Keras functions written for Keras "
+            f"train.distribution=mirrored|multi_worker patches three Keras functions written for Keras "
             f"{SHIM_KERAS_VERSION} {SHIM_SIGNATURES}, but this is Keras {keras.__version__} "
             f"{found}. Check whether keras-team/keras#20585 is fixed in this version; if so "
             "drop the shim (crackxai.models.distribute), else update it and its tests. Until "
             "then use train.distribution=none.")
 
+
+
+def synced_moments(x: tf.Tensor, axes: list[int], keepdims: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean and variance of `x` over `axes` and over every replica's batch, as one process's
+    `tf.nn.moments` computes them over the whole batch: the global mean first, then the mean
+    squared deviation from it (two all-reduces in turn).
+
+    Keras 3.15's synchronized BatchNorm takes E[x^2] - E[x]^2 from one all-reduce: in float32
+    that cancels catastrophically where a channel's mean is large against its spread (as may happen in a
+    random-init ResNet50), so mirrored and multi-worker runs normalised by another
+    variance than one process (0.0 or 0.125 where it is 1e-4:
+    test_synchronized_batchnorm_variance_is_the_one_process_variance)."""
+    ctx = tf.distribute.get_replica_context()
+    if not ctx:
+        return tf.nn.moments(x, axes, keepdims=keepdims)
+    count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(
+        tf.ones_like(x), axis=axes, keepdims=True))
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x, axis=axes, keepdims=True))
+    mean = tf.math.divide_no_nan(total, count)
+    squares = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(
+        tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=axes, keepdims=True))
+    variance = tf.math.divide_no_nan(squares, count)
+    if not keepdims:
+        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    return mean, variance
 
 
 def install_keras_shim() -> None:
@@ -166,5 +201,6 @@ def install_keras_shim() -> None:
     reduce_per_replica._crackxai_shim = True  # noqa: SLF001
     trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build  # noqa: SLF001
     trainer.reduce_per_replica = reduce_per_replica
+    _nn_module()._compute_moments_sync = synced_moments  # noqa: SLF001
     logger.info(f"installed the multi-worker shim for Keras {keras.__version__} "
                 "(keras-team/keras#20585)")

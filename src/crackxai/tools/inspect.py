@@ -2,7 +2,7 @@
 
     crackxai inspect --model models/model.keras PATH... [--out reports/inspect] [--tile 227]
         [--stride S] [--threshold 0.5] [--explain gradcam] [--layer NAME] [--batch-size N]
-        [--uri URI] [--quiet]
+        [--uri URI] [--runner local|ray] [--ray-address ADDR] [--num-actors N] [--quiet]
 
 --model is a saved .keras classifier or an MLflow model URI (runs:/<run_id>/model,
 models:/<name>/<version>, models:/<name>@champion) fetched from the tracking store --uri (default
@@ -33,6 +33,12 @@ Writes into --out (default reports/inspect/), each file atomically:
     index.html      the same as a page with the overlays
 
 <photo> is the photo's path inside its folder without the suffix, "/" written as "__".
+
+--runner ray inspects the photos on a Ray actor pool (--ray-address: an existing cluster, else a
+private local one; --num-actors, default explain.ray.num_actors): photos travel as paths, each
+actor loads the model (by its local file) and its explainer and detector once, inspects one photo
+per call, and the photos come back keyed by their place in the list and are written in input
+order, with the same maps and JSON as the local runner (README "Scaling out").
 """
 
 from __future__ import annotations
@@ -42,9 +48,9 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +67,7 @@ from crackxai.data.decode import decode_rgb
 from crackxai.evaluation import inspection
 from crackxai.evaluation.inspection_report import overlay, summary_html
 from crackxai.evaluation.scores import positive_index
+from crackxai.xai.options import RUNNERS
 
 STAGE = "inspect"
 DEFAULT_OUT = REPORTS_DIR / "inspect"
@@ -68,6 +75,7 @@ DEFAULT_THRESHOLD = 0.5
 SUMMARY_COLUMNS = ["photo", "status", "crack_score", "flagged_tiles", "tiles", "regions",
                    "width", "height", "padded", "overlay", "json", "error"]
 logger = logging.getLogger(f"crackxai.{STAGE}")
+RAY_OPTION = ("--runner ray", "--runner local")  # for the missing-Ray error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,6 +110,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "one at least explain.cam_min_size pixels a side)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per model call (default: evaluate.batch_size of conf/)")
+    p.add_argument("--runner", choices=RUNNERS, default=None,
+                   help="where the photos are inspected: local (this process) or ray (an actor "
+                        "pool on a Ray cluster, each actor loading the model once; the optional "
+                        "`ray` group) (default: explain.runner of conf/)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --runner ray: an existing cluster (auto, ray://head:10001); default "
+                        "explain.ray.address of conf/ (null: a private local cluster for this run)")
+    p.add_argument("--num-actors", type=int, default=None,
+                   help="with --runner ray: actors, each with its own copy of the model "
+                        "(default: explain.ray.num_actors of conf/)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-photo lines (warnings and errors still show)")
     return p.parse_args(argv)
@@ -231,11 +249,6 @@ def tile_photo(name: str, path: Path, tile: int, stride: int, size: tuple[int, i
         return photo
     h, w = photo.image.shape[:2]
     photo.tiling = tiles.plan(h, w, tile, stride)
-    if photo.tiling.padded:
-        logger.warning(f"{name} is {w}x{h}, smaller than one {tile}x{tile} tile: padded "
-                       f"(mirrored) to {photo.tiling.padded_width}x{photo.tiling.padded_height}, "
-                       "not stretched; a crack near its border is seen twice in the padding, so "
-                       "read its score with care.")
     photo.tiles = tiles.cut(tiles.pad(photo.image, photo.tiling), photo.tiling, size)
     return photo
 
@@ -275,11 +288,22 @@ def inspect_photos(files: list[tuple[str, Path]], predictor: Any, positive: int,
                    model_path: str = "") -> Iterator[Photo]:
     """Each file inspected, in order: tiles classified in full batches across photos (the
     predictor's batch size), the probability map stitched, regions found; with `explainer` (a
-    gradient CAM) the flagged tiles' maps stitched into `heat`."""
+    gradient CAM) the flagged tiles' maps stitched into `heat`. Tiles the detector saved beside
+    `model_path` flags as out of distribution score 0."""
+    out_of_distribution = ood_check(model_path, predictor.model, predictor.batch_size)
+    return inspect_stream(files, predictor, positive, tile, stride, threshold, explainer,
+                          out_of_distribution)
+
+
+def inspect_stream(files: list[tuple[str, Path]], predictor: Any, positive: int, tile: int,
+                   stride: int, threshold: float, explainer: Any = None,
+                   out_of_distribution: Callable[[np.ndarray], np.ndarray] | None = None,
+                   ) -> Iterator[Photo]:
+    """`inspect_photos` with the out-of-distribution check given (`ood_check`'s), so a process
+    that inspects one photo at a time loads the detector once."""
     from crackxai.models.batching import predict_groups
 
     size = tuple(int(s) for s in predictor.model.input_shape[1:3])
-    out_of_distribution = ood_check(model_path, predictor.model, predictor.batch_size)
     for photo, probs in predict_groups(predictor, tiled(files, tile, stride, size),
                                        predictor.batch_size):
         if photo.error:
@@ -314,6 +338,84 @@ def explain_flagged(tile_images: np.ndarray, probabilities: np.ndarray, explaine
         idx = flagged[start:start + batch_size]
         maps[idx] = explainer.explain(tile_images[idx], [positive] * len(idx)) * p[idx, None, None]
     return maps
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners: this process, or a Ray actor pool
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InspectJob:
+    """What inspecting needs, by path or value (picklable): a Ray actor builds its own model,
+    predictor, explainer and detector from it, once."""
+
+    model_path: str  # a local .keras file (a model URI is fetched by the driver first)
+    positive: int
+    tile: int
+    stride: int
+    threshold: float
+    batch_size: int
+    explain: str | None = None
+    layer: str | None = None
+    explain_settings: dict[str, Any] = field(default_factory=dict)
+
+
+def make_tools(model: Any, job: InspectJob) -> tuple[Any, Any]:
+    """(predictor, explainer or None) of `model` for `job`."""
+    from crackxai.models.predictor import Predictor
+
+    predictor = Predictor(model, batch_size=job.batch_size)
+    if not job.explain:
+        return predictor, None
+    from crackxai.xai import registry
+
+    return predictor, registry.create(job.explain, model=model, predictor=predictor,
+                                      layer=job.layer, **job.explain_settings)
+
+
+class PhotoWorker:
+    """One Ray actor: loads the model and builds its tools once, then inspects one
+    {"id", "name", "path"} photo per call and returns the Photo under its id."""
+
+    def __init__(self, job: InspectJob):
+        from crackxai.models.io import load_model
+
+        model = load_model(job.model_path)
+        self.job = job
+        self.predictor, self.explainer = make_tools(model, job)
+        self.ood = ood_check(job.model_path, model, job.batch_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        j = self.job
+        ids = np.asarray(batch["id"], np.int64)
+        photos = np.empty(len(ids), dtype=object)
+        for i, (name, path) in enumerate(zip(batch["name"], batch["path"], strict=True)):
+            (photos[i],) = inspect_stream([(str(name), Path(str(path)))], self.predictor,
+                                          j.positive, j.tile, j.stride, j.threshold,
+                                          self.explainer, self.ood)
+        return {"id": ids, "photo": photos}
+
+
+def ray_photos(job: InspectJob, files: list[tuple[str, Path]], address: str | None,
+               num_actors: int) -> Iterator[Photo]:
+    """The files inspected by a pool of `num_actors` PhotoWorker actors on the cluster at
+    `address` (None: a private local one), yielded in the order of `files`."""
+    from crackxai.core.ray_pool import imap_in_order, ray_cluster
+
+    items = [{"id": i, "name": name, "path": str(path)} for i, (name, path) in enumerate(files)]
+    with ray_cluster(address, option=RAY_OPTION) as ray:
+        for row in imap_in_order(ray, PhotoWorker, {"job": job}, items, "id", num_actors):
+            yield replace(row["photo"], path=files[int(row["id"])][1])
+
+
+def warn_if_padded(photo: Photo) -> None:
+    t = photo.tiling
+    if t is not None and t.padded:
+        logger.warning(f"{photo.name} is {t.width}x{t.height}, smaller than one {t.tile}x{t.tile} "
+                       f"tile: padded (mirrored) to {t.padded_width}x{t.padded_height}, not "
+                       "stretched; a crack near its border is seen twice in the padding, so read "
+                       "its score with care.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +481,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]], **page: Any) -> None:
 
 
 def check_options(tile: int, stride: int | None, threshold: float,
-                  batch_size: int | None) -> None:
+                  batch_size: int | None, num_actors: int | None = None) -> None:
     if tile < 1:
         raise CrackxaiError(f"--tile {tile} must be a positive number of pixels.")
     if stride is not None and not 1 <= stride <= tile:
@@ -389,34 +491,44 @@ def check_options(tile: int, stride: int | None, threshold: float,
         raise CrackxaiError(f"--threshold {threshold} is outside [0, 1].")
     if batch_size is not None and batch_size < 1:
         raise CrackxaiError(f"--batch-size {batch_size} must be a positive integer.")
+    if num_actors is not None and num_actors < 1:
+        raise CrackxaiError(f"--num-actors {num_actors} must be a positive integer.")
 
 
 def inspect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the inspection of `args` (parse_args); returns the summary rows, sorted."""
     from crackxai.config import explainer_settings, load_config
 
-    check_options(args.tile, args.stride, args.threshold, args.batch_size)
+    check_options(args.tile, args.stride, args.threshold, args.batch_size, args.num_actors)
     stride = args.stride or args.tile
     explain = gradient_cam(args.explain) if args.explain else None
     files = list_photos(args.paths, exclude=args.out)  # before the model: bad input fails fast
     cfg = load_config([])
+    runner = args.runner or cfg.explain.runner
+    if runner == "ray":
+        from crackxai.core.ray_pool import import_ray
+
+        import_ray(RAY_OPTION)  # fails fast, before the model is loaded
     model, model_path, classes = load_inspection_model(args.model, args.uri)
     positive = positive_index(classes, None, "--positive-class") if len(classes) > 1 else 0
-
-    from crackxai.models.predictor import Predictor
-
-    predictor = Predictor(model, batch_size=args.batch_size or cfg.evaluate.batch_size)
-    explainer = None
-    if explain:
-        from crackxai.xai import registry
-
-        explainer = registry.create(explain, model=model, predictor=predictor,
-                                    layer=args.layer or cfg.explain.layer,
-                                    **explainer_settings(cfg, explain))
+    job = InspectJob(model_path, positive, args.tile, stride, args.threshold,
+                     args.batch_size or cfg.evaluate.batch_size, explain,
+                     args.layer or cfg.explain.layer,
+                     explainer_settings(cfg, explain) if explain else {})
+    predictor, explainer = make_tools(model, job)  # the explainer checks the layer here
     h, w = model.input_shape[1:3]
     log(STAGE, f"{len(files)} file(s); {args.tile} px tiles every {stride} px, each resized to "
                f"{w}x{h}; crack class '{classes[positive]}'; model {args.model}"
                + (f"; {explain} on layer {explainer.layer}" if explainer else ""))
+    if runner == "ray":
+        num_actors = args.num_actors or cfg.explain.ray.num_actors
+        address = args.ray_address or cfg.explain.ray.address
+        log(STAGE, f"runner ray: {num_actors} actor(s) on "
+                   + (f"the cluster at {address}" if address else "a private local cluster"))
+        photos = ray_photos(job, files, address, num_actors)
+    else:
+        photos = inspect_photos(files, predictor, positive, args.tile, stride, args.threshold,
+                                explainer, model_path)
 
     out: Path = args.out
     stems = iter(output_stems([name for name, _ in files]))  # photos come back in file order
@@ -425,9 +537,9 @@ def inspect(args: argparse.Namespace) -> list[dict[str, Any]]:
     bar = tqdm(total=len(files), unit="photo", desc="inspect",
                disable=args.quiet or not sys.stderr.isatty())
     with bar:
-        for photo in inspect_photos(files, predictor, positive, args.tile, stride,
-                                    args.threshold, explainer, model_path):
+        for photo in photos:
             stem = next(stems)
+            warn_if_padded(photo)
             if not photo.error:
                 write_photo(out, photo, stem,
                             photo_record(photo, stem, args.threshold, explain, args.model))

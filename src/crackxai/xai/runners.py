@@ -11,26 +11,26 @@ loads the model and builds the explainer once, then explains the rows sent to it
 call as the local runner does, so seeded methods (SHAP, LIME) give the same maps. Ray returns
 batches in any order: every map carries its row and is put back in place.
 
-Ray is optional (`uv sync --group ray`); it is imported only when `runner="ray"`. Without
-`ray_address` a local cluster is started with its temp files in a private temp folder, without
-the dashboard or usage reporting, and stopped afterwards.
+The Ray plumbing (the cluster, the actor pool, the order) is crackxai.core.ray_pool's, shared
+with `crackxai inspect --runner ray`. Ray is optional (`uv sync --group ray`); it is imported only
+when `runner="ray"`. Without `ray_address` a private local cluster is started and stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from crackxai.core.errors import CrackxaiError
+from crackxai.core.ray_pool import import_ray, in_order, map_in_order, ray_cluster
 from crackxai.xai.base import Explainer
 from crackxai.xai.options import RUNNERS
+
+__all__ = ["Job", "MapWorker", "Precomputed", "Result", "explain_maps", "import_ray", "in_order",
+           "ray_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,15 +104,6 @@ def explain_maps(runner: str, job: Job, rows: np.ndarray | list[int],
                   out["evals"][order])
 
 
-def in_order(rows: np.ndarray, got_rows: np.ndarray) -> np.ndarray:
-    """Indices into `got_rows` that put it in the order of `rows`; every row exactly once."""
-    position = {int(r): i for i, r in enumerate(got_rows)}
-    if sorted(position) != sorted(int(r) for r in rows) or len(position) != len(got_rows):
-        raise CrackxaiError(f"The runner returned maps for rows {sorted(position)} but "
-                            f"{sorted(int(r) for r in rows)} were asked for.")
-    return np.array([position[int(r)] for r in rows], dtype=np.int64)
-
-
 class Precomputed(Explainer):
     """Hands out a runner's maps (and their cost) as an Explainer, so the scoring code that
     calls `explain_with_cost` one image at a time is the same for every runner. Looked up by the
@@ -151,73 +142,9 @@ class Precomputed(Explainer):
             int(self._result.evals[index].sum())
 
 
-def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise CrackxaiError(
-            "explain.runner=ray needs Ray, an optional dependency group not in the default "
-            "install. Install it with `uv sync --group ray` (or `make setup RAY=1`), or use "
-            "explain.runner=local.") from None
-    return ray
-
-
-@contextlib.contextmanager
-def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
-    """Connected to the cluster at `address` (left running), or to a private local one started
-    and stopped here: temp files in its own folder, no dashboard, no usage report, no ~/.ray
-    token file. Inside an existing `ray.init` of the caller's, that connection is used."""
-    if address:
-        ray = import_ray()
-        if ray.is_initialized():  # the caller's own connection, used as it is
-            yield ray
-            return
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()  # disconnects; the cluster keeps running
-        return
-    # A private local cluster on this machine, gone when the job ends: no token file under
-    # ~/.ray (Ray >= 2.59 writes one for local clusters), no usage report, and the workers run
-    # this Python as it is (under `uv run` Ray would otherwise re-create the environment with
-    # `uv run` from a packaged copy of the working folder). Ray reads these when first
-    # imported: a process that imported ray before keeps its own settings.
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        ray = import_ray()
-        if ray.is_initialized():
-            yield ray
-            return
-        with tempfile.TemporaryDirectory(prefix="crackxai-ray-") as tmp:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp,
-                     logging_level=logging.WARNING, log_to_driver=False)
-            try:
-                yield ray
-            finally:
-                ray.shutdown()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _explain_ray(job: Job, rows: np.ndarray, targets: np.ndarray, address: str | None,
                  num_actors: int) -> dict[str, np.ndarray]:
+    items = [{"row": int(r), "target": int(t)} for r, t in zip(rows, targets, strict=True)]
     with ray_cluster(address) as ray:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        # Fractional CPUs: actors that take every CPU leave none for the read task (a hang on
-        # a 2-CPU node). One block per image, so every actor gets work.
-        per_actor = max(0.1, min(1.0, (cpus - 0.5) / num_actors))
-        items = [{"row": int(r), "target": int(t)} for r, t in zip(rows, targets, strict=True)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        out = ds.map_batches(MapWorker, fn_constructor_kwargs={"job": job}, batch_size=1,
-                             batch_format="numpy", num_cpus=per_actor,
-                             compute=ray.data.ActorPoolStrategy(size=num_actors))
-        batches = list(out.iter_batches(batch_size=None, batch_format="numpy"))
-    return {k: np.concatenate([b[k] for b in batches]) for k in ("row", "map", "seconds", "evals")}
+        return map_in_order(ray, MapWorker, {"job": job}, items, key="row",
+                            num_actors=num_actors)
