@@ -25,7 +25,11 @@ Stage (unless --no-stage): the explain stage's per-method section, crackxai.xai.
 explain_selection (maps, the sanity rerun on a head-randomised copy, faithfulness, localisation,
 files), on --images images (the default n_images): seconds per method.
 
-The CPU is shared (the load average is printed): compare the ratios, not the seconds.
+The CPU is shared (the load average is printed): compare the ratios, not the seconds. Column
+`ratio` divides wall-clock rates; column `cpu` the same rates per CPU second of this process (the
+work a method does per evaluation, whatever share of the cores the others leave it: steadier
+than `ratio` under load, but blind to cores a method leaves idle). A method is near the ceiling
+when both are.
 """
 
 from __future__ import annotations
@@ -97,9 +101,17 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def rate(fn: Callable[[], Any], items: int, repeats: int = 2) -> float:
-    """items per second of fn(), the best of `repeats` runs (the least disturbed by others)."""
-    return items / min(timed(fn)[0] for _ in range(repeats))
+def timed_cpu(fn: Callable[[], Any]) -> tuple[np.ndarray, Any]:
+    """([wall seconds, this process's CPU seconds], fn())."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return np.array([time.perf_counter() - wall, time.process_time() - cpu]), result
+
+
+def rate(fn: Callable[[], Any], items: int, repeats: int = 2) -> np.ndarray:
+    """[items per wall second, items per CPU second] of fn(), each the best of `repeats` runs
+    (the least disturbed by others)."""
+    return items / np.min([timed_cpu(fn)[0] for _ in range(repeats)], axis=0)
 
 
 def max_diff(ours: np.ndarray, ref: np.ndarray) -> str:
@@ -140,10 +152,10 @@ def main() -> None:
     layer = resolve_layer(model, cfg.layer, cfg.cam_min_size)
     full = np.concatenate([images] * (-(-4 * batch // n_all)))[:4 * batch]  # 4 full batches
 
-    def predictor_ceiling() -> float:
+    def predictor_ceiling() -> np.ndarray:
         return rate(lambda: predictor(full), len(full))
 
-    def gradient_ceiling() -> float:
+    def gradient_ceiling() -> np.ndarray:
         x, t = full[:batch].astype(np.float32), targets[np.arange(batch) % n_all]
         return rate(lambda: gradient_pass(model, layer, x, t, batch), batch)
 
@@ -162,17 +174,20 @@ def main() -> None:
           f"{cfg.lime.num_samples}; Score-CAM max_N={cfg.scorecam.max_N}, Faster max_N="
           f"{cfg.faster_scorecam.max_N}; {os.cpu_count()} CPU(s), load average {load:.1f} (a "
           "shared CPU: compare the ratios, not the seconds)", flush=True)
-    header = (f"{'method':<16}{'images':>7}{'rate':>9}{'ceiling':>9}{'ratio':>7}  {'unit':<13}"
+    header = (f"{'method':<16}{'images':>7}{'rate':>9}{'ceiling':>9}{'ratio':>7}{'cpu':>6}  "
+              f"{'unit':<13}"
               f"{'per-image ref':>14}{'speed-up':>9}  max|diff|/max|map|")
     print(header, flush=True)
     rows = [header]
 
-    def report(name: str, n: int, value: float, ceiling: float, unit: str,
+    def report(name: str, n: int, value: np.ndarray, ceiling: np.ndarray, unit: str,
                ref: tuple[float, str] | None) -> None:
-        extra = (f"{ref[0]:>14.1f}{value / ref[0]:>8.1f}x  {ref[1]}" if ref else
+        """value, ceiling: [per wall second, per CPU second of this process]."""
+        extra = (f"{ref[0]:>14.1f}{value[0] / ref[0]:>8.1f}x  {ref[1]}" if ref else
                  f"{'-':>14}{'-':>9}")
-        row = (f"{name:<16}{n:>7}{value:>9.1f}{ceiling:>9.1f}{value / ceiling:>7.2f}  "
-               f"{unit:<13}{extra}")
+        ratio = value / ceiling
+        row = (f"{name:<16}{n:>7}{value[0]:>9.1f}{ceiling[0]:>9.1f}{ratio[0]:>7.2f}"
+               f"{ratio[1]:>6.2f}  {unit:<13}{extra}")
         rows.append(row)
         print(row, flush=True)
 
@@ -185,7 +200,7 @@ def main() -> None:
         ceiling_fn = gradient_ceiling if gradient else predictor_ceiling
         before = ceiling_fn()
         evals = predictor.n_evals
-        seconds, maps = timed(lambda e=explainer, x=x, t=t: e.explain(x, t))
+        seconds, maps = timed_cpu(lambda e=explainer, x=x, t=t: e.explain(x, t))
         evals = predictor.n_evals - evals
         ceiling = (before + ceiling_fn()) / 2
         value = n / seconds if gradient else evals / seconds
@@ -215,8 +230,8 @@ def main() -> None:
     q = scoring.Quality()
     before = predictor_ceiling()
     evals = predictor.n_evals
-    seconds, _ = timed(lambda: EM.faithfulness_batch(predictor, fx, maps, ft, q.baseline, q.steps,
-                                                     q.seed))
+    seconds, _ = timed_cpu(lambda: EM.faithfulness_batch(predictor, fx, maps, ft, q.baseline,
+                                                         q.steps, q.seed))
     evals = predictor.n_evals - evals
     report("faithfulness", args.images, evals / seconds, (before + predictor_ceiling()) / 2,
            "evals/s", None)

@@ -22,6 +22,7 @@ from crackxai.models.resnet import build_model
 from crackxai.xai import metrics as EM
 from crackxai.xai import registry
 from crackxai.xai.batching import lockstep, predict_stream
+from crackxai.xai.cam import _linear_zoom_matrix, upsample
 
 SIZE = 64
 N_IMAGES = 3
@@ -109,6 +110,20 @@ def test_batched_shap_and_lime_are_the_per_image_maps(method, model, images):
                       else explainer.map_of(explainer.explanation(im, int(t)), int(t))
                       for im, t in zip(images, TARGETS, strict=True)])
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6 * np.abs(alone).max())
+
+
+@pytest.mark.parametrize(("small", "large"), [((8, 8), (64, 64)), ((7, 5), (224, 100)),
+                                              ((1, 3), (16, 16)), ((4, 4), (4, 4))])
+def test_score_cam_upsampling_is_scipy_zoom(small, large):
+    from scipy.ndimage import zoom
+
+    maps = np.random.default_rng(0).random((*small, 6)).astype(np.float32)
+    factor = (large[0] / small[0], large[1] / small[1], 1)
+    theirs = zoom(maps, factor, order=1, mode="nearest")  # the former Score-CAM upsampling
+    rows, cols = (_linear_zoom_matrix(a, b) for a, b in zip(small, large, strict=True))
+    ours = upsample(maps, rows, cols)
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape == (*large, 6)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)  # float32 rounding
 
 
 def test_faithfulness_of_many_maps_is_per_map_faithfulness(model, images):

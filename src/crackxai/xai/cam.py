@@ -195,6 +195,31 @@ def expand(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return normalize(zoom(cams, zoom_factor(cams.shape, shape), order=1))
 
 
+def _linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 weights of scipy.ndimage.zoom(order=1, mode="nearest") along one
+    axis: output i reads input position i * (n_in - 1) / (n_out - 1) (grid_mode=False),
+    linearly between its two neighbours."""
+    matrix = np.zeros((n_out, n_in))
+    if n_in == 1 or n_out == 1:
+        matrix[:, 0] = 1.0
+        return matrix
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1))
+    low = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    frac = pos - low
+    matrix[np.arange(n_out), low] = 1.0 - frac
+    matrix[np.arange(n_out), low + 1] = frac
+    return matrix
+
+
+def upsample(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Feature maps (h, w, k) -> (H, W, k) float32 through the (H, h) and (W, w) zoom matrices:
+    scipy.ndimage.zoom(order=1, mode="nearest") to float32 rounding (it interpolates in float64
+    too), as two matrix products instead of its 16-point spline per output value over all four
+    axes (10x less CPU at 512 channels, 8x8 -> 64x64)."""
+    up = np.einsum("Hh,hwk->Hwk", rows, maps.astype(np.float64), optimize=True)
+    return np.einsum("Ww,Hwk->HWk", cols, up, optimize=True).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The explainers
 # ---------------------------------------------------------------------------------------------
@@ -294,18 +319,16 @@ class ScoreCam(CamExplainer):
         return np.asarray(tf.math.top_k(std, k)[1]).reshape(n, k)
 
     def _explain(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        from scipy.ndimage import zoom
-        from tf_keras_vis.utils import zoom_factor
-
         self._feature_map_shape()
         x = images.astype(np.float32)
         fmap = feature_pass(self.model, self.layer, x, self.batch_size)
         fmap = np.take_along_axis(fmap, self._channels(fmap)[:, None, None, :], axis=-1)
-        factor = (1, *zoom_factor(fmap.shape[1:-1], x.shape[1:-1]), 1)
+        rows, cols = (_linear_zoom_matrix(n_in, n_out)
+                      for n_in, n_out in zip(fmap.shape[1:3], x.shape[1:3], strict=True))
 
         def masked_images() -> Iterator[np.ndarray]:
             for i in range(len(x)):  # one image's upsampled maps at a time: bounded memory
-                up = zoom(fmap[i:i + 1], factor, order=1, mode="nearest")[0]
+                up = upsample(fmap[i], rows, cols)  # (H, W, k)
                 low, high = up.min(axis=(0, 1)), up.max(axis=(0, 1))
                 masks = (up - low) / (high - low + keras.config.epsilon())  # (H, W, k)
                 for c in range(0, masks.shape[-1], self.batch_size):
