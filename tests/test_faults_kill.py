@@ -34,6 +34,7 @@ import pandas as pd
 import pytest
 
 from tests.faults_support import (
+    PIPELINE,
     Background,
     leftovers,
     lock_outs,
@@ -129,80 +130,81 @@ def history_diff(a: Path, b: Path) -> float:
 
 
 @pytest.mark.slow
-def test_kill_anywhere_then_rerun(tmp_path: Path, fault_log) -> None:
+@pytest.mark.parametrize("stage", list(KILLS))
+def test_kill_anywhere_then_rerun(stage: str, tmp_path: Path, fault_log) -> None:
     need_stages()
     proj = tiny_project(tmp_path / "proj")
     store = f"sqlite:///{proj}/mlflow.db"
-    rng = random.Random(SEED)
-    sh("dvc", "repro", "validate", cwd=proj)
+    rng = random.Random(f"{SEED}:{stage}")  # each stage's kill points, whichever stages run
+    sh("dvc", "repro", PIPELINE[PIPELINE.index(stage) - 1], cwd=proj, timeout=1800)
     failures = []
-    for stage, kills in KILLS.items():
-        duration = timed_repro(proj, stage)
-        reference = outputs_of(proj, stage)
-        ref_history = tmp_path / "ref_history.csv"
+    kills = KILLS[stage]
+    duration = timed_repro(proj, stage)
+    reference = outputs_of(proj, stage)
+    ref_history = tmp_path / "ref_history.csv"
+    if stage == "train":
+        shutil.copy(proj / "reports" / "train_history.csv", ref_history)
+    tried = 0
+    attempts = 0
+    fraction_cap = 0.95
+    while tried < kills:
+        attempts += 1
+        assert attempts <= kills + 6, f"{stage}: the kills kept missing the stage"
+        fraction = rng.uniform(0.02, fraction_cap)
+        cached = lock_outs(proj)[stage]  # what DVC could restore instead of rerunning
+        bg = Background(["dvc", "repro", "-f", "-s", stage], proj)
+        assert bg.wait_for(f"Running stage '{stage}'", timeout=1800), bg.output[-3000:]
+        time.sleep(fraction * duration)
+        if not bg.kill():  # the stage finished first: try an earlier point
+            fraction_cap = max(0.1, fraction * 0.7)
+            continue
+        tried += 1
+        case = f"{stage} #{tried}: SIGKILL at {fraction:.0%} of {duration:.0f} s"
+        # After the kill: what is at the final paths is absent or complete.
+        now = outputs_of(proj, stage)
         if stage == "train":
-            shutil.copy(proj / "reports" / "train_history.csv", ref_history)
-        tried = 0
-        attempts = 0
-        fraction_cap = 0.95
-        while tried < kills:
-            attempts += 1
-            assert attempts <= kills + 6, f"{stage}: the kills kept missing the stage"
-            fraction = rng.uniform(0.02, fraction_cap)
-            cached = lock_outs(proj)[stage]  # what DVC could restore instead of rerunning
-            bg = Background(["dvc", "repro", "-f", "-s", stage], proj)
-            assert bg.wait_for(f"Running stage '{stage}'", timeout=1800), bg.output[-3000:]
-            time.sleep(fraction * duration)
-            if not bg.kill():  # the stage finished first: try an earlier point
-                fraction_cap = max(0.1, fraction * 0.7)
-                continue
-            tried += 1
-            case = f"{stage} #{tried}: SIGKILL at {fraction:.0%} of {duration:.0f} s"
-            # After the kill: what is at the final paths is absent or complete.
-            now = outputs_of(proj, stage)
-            if stage == "train":
-                partial = complete_train_outputs(proj)
-            else:
-                partial = [p for p, md5s in comparable(now).items()
-                           if md5s != comparable(reference).get(p)]
-            # DVC writes .dvc/tmp/rwlock in place: killed in the middle, it leaves the file
-            # empty and every later dvc command stops with "Unable to read RWLock-file ... JSON
-            # structure is corrupted" (treeverse/dvc#7615). The fix DVC's users apply (README
-            # "Reliability"): no dvc process running, delete the file.
-            rwlock_fixed = fix_corrupt_rwlock(proj)
-            status = json.loads(sh("dvc", "status", "--json", stage, cwd=proj).stdout or "{}")
-            reported = stage in status
-            # Rerun, as a user would, with the cached outputs out of the way (see the docstring).
-            uncache(proj, cached)
-            rerun = sh("dvc", "repro", stage, cwd=proj, timeout=1800, check=False)
-            ok = rerun.returncode == 0
-            after = outputs_of(proj, stage)
-            detail: dict = {"reported_by_dvc_status": reported, "partial_at_final_path": partial,
-                            "dvc_rwlock_corrupted_and_removed": rwlock_fixed,
-                            "leftovers": leftovers(proj)}
-            if stage == "train":
-                resumed = "resuming after epoch" in rerun.stdout
-                diff = history_diff(ref_history, proj / "reports" / "train_history.csv") if ok \
-                    else float("inf")
-                detail.update(resumed=resumed, max_history_diff=diff)
-                same = diff == 0.0 if not resumed else diff <= RESUME_TOLERANCE
-                same = same and not complete_train_outputs(proj)
-            else:
-                same = comparable(after) == comparable(reference)
-                if not same:
-                    detail["differs"] = sorted(p for p in reference
-                                               if after.get(p) != reference[p])
-            still_running = running(store)
-            survived = ok and same and not partial and not still_running
-            fault_log.record(
-                "SIGKILL in a stage, then `dvc repro`", case, survived,
-                data_lost=bool(partial) or not ok, rerun_ok=ok, identical=same,
-                running_runs=still_running, **detail,
-                what="the rerun redoes the stage (train resumes its last finished epoch and its "
-                     "MLflow run); outputs identical to an uninterrupted run; no partial output "
-                     "at a final path; no MLflow run left RUNNING")
-            if not survived:
-                failures.append((case, ok, rerun.stdout[-2000:] + rerun.stderr[-2000:], detail,
-                                 still_running))
+            partial = complete_train_outputs(proj)
+        else:
+            partial = [p for p, md5s in comparable(now).items()
+                       if md5s != comparable(reference).get(p)]
+        # DVC writes .dvc/tmp/rwlock in place: killed in the middle, it leaves the file
+        # empty and every later dvc command stops with "Unable to read RWLock-file ... JSON
+        # structure is corrupted" (treeverse/dvc#7615). The fix DVC's users apply (README
+        # "Reliability"): no dvc process running, delete the file.
+        rwlock_fixed = fix_corrupt_rwlock(proj)
+        status = json.loads(sh("dvc", "status", "--json", stage, cwd=proj).stdout or "{}")
+        reported = stage in status
+        # Rerun, as a user would, with the cached outputs out of the way (see the docstring).
+        uncache(proj, cached)
+        rerun = sh("dvc", "repro", stage, cwd=proj, timeout=1800, check=False)
+        ok = rerun.returncode == 0
+        after = outputs_of(proj, stage)
+        detail: dict = {"reported_by_dvc_status": reported, "partial_at_final_path": partial,
+                        "dvc_rwlock_corrupted_and_removed": rwlock_fixed,
+                        "leftovers": leftovers(proj)}
+        if stage == "train":
+            resumed = "resuming after epoch" in rerun.stdout
+            diff = history_diff(ref_history, proj / "reports" / "train_history.csv") if ok \
+                else float("inf")
+            detail.update(resumed=resumed, max_history_diff=diff)
+            same = diff == 0.0 if not resumed else diff <= RESUME_TOLERANCE
+            same = same and not complete_train_outputs(proj)
+        else:
+            same = comparable(after) == comparable(reference)
+            if not same:
+                detail["differs"] = sorted(p for p in reference
+                                           if after.get(p) != reference[p])
+        still_running = running(store)
+        survived = ok and same and not partial and not still_running
+        fault_log.record(
+            "SIGKILL in a stage, then `dvc repro`", case, survived,
+            data_lost=bool(partial) or not ok, rerun_ok=ok, identical=same,
+            running_runs=still_running, **detail,
+            what="the rerun redoes the stage (train resumes its last finished epoch and its "
+                 "MLflow run); outputs identical to an uninterrupted run; no partial output "
+                 "at a final path; no MLflow run left RUNNING")
+        if not survived:
+            failures.append((case, ok, rerun.stdout[-2000:] + rerun.stderr[-2000:], detail,
+                             still_running))
     assert not failures, failures
     assert not running(store)
