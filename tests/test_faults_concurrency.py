@@ -106,6 +106,8 @@ def test_four_queued_experiments_at_once(tmp_path: Path, fault_log) -> None:
             assert not locked, logs[-4000:]
             sh("dvc", "queue", "remove", "--all", cwd=proj, check=False)
     finally:
+        # The queue's workers wait for more tasks after the batch: none may outlive the test.
+        sh("dvc", "queue", "stop", "--kill", cwd=proj, check=False)
         server.stop()
 
     # The serial reference: one experiment after another, on the project's SQLite store.

@@ -1,6 +1,6 @@
 """Issue #13 item 1: a bad parameter never costs the last good outputs, and after a failed or
-SIGKILLed `dvc repro` / `dvc exp run`, `git checkout params.yaml dvc.lock && dvc checkout` restores
-the last good state completely.
+SIGKILLed `dvc repro` / `dvc exp run`, `git checkout HEAD -- params.yaml dvc.lock && dvc checkout`
+restores the last good state completely.
 
 A real git + DVC project on the tiny config (tests/faults_support.tiny_project): the whole
 pipeline run once and committed (the good state), then
@@ -11,9 +11,11 @@ pipeline run once and committed (the good state), then
   at a seeded point after DVC has started the train stage (and so deleted its outputs): after
   `git checkout params.yaml && dvc checkout` every output of train and of the stages after it is
   back, but validate's (reports/config/) are those of the killed run's params: DVC wrote
-  validate's new entry into dvc.lock when it finished, before train started. With dvc.lock
-  checked out too (`git checkout params.yaml dvc.lock && dvc checkout`) every output file is
-  identical to the good state and `dvc status` is clean. The record says which was needed.
+  validate's new entry into dvc.lock when it finished, before train started; and `dvc exp run`
+  stages params.yaml and dvc.lock in git's index, from which a plain `git checkout <file>`
+  restores. With both taken from the last commit (`git checkout HEAD -- params.yaml dvc.lock &&
+  dvc checkout`) every output file is identical to the good state and `dvc status` is clean. The
+  record says which was needed.
 tests/test_validate.py checks the same promises on the default config (SIGTERM, plots).
 """
 
@@ -32,11 +34,11 @@ from tests.test_faults_kill import fix_corrupt_rwlock
 from tests.test_workflow import need_stages, sh
 
 SEED = 1
-FAULT = "bad parameter or killed run, then `git checkout params.yaml dvc.lock && dvc checkout`"
+FAULT = "bad parameter or killed run, then `git checkout HEAD -- params.yaml dvc.lock && dvc checkout`"
 WHAT = ("a bad value stops at validate with one paragraph naming the key, nothing deleted; after "
-        "a killed run `git checkout params.yaml dvc.lock && dvc checkout` brings back every "
-        "output byte for byte and `dvc status` is clean (dvc.lock too: DVC records each "
-        "finished stage in it at once)")
+        "a killed run `git checkout HEAD -- params.yaml dvc.lock && dvc checkout` brings back "
+        "every output byte for byte and `dvc status` is clean (dvc.lock too: DVC records each "
+        "finished stage in it at once; HEAD: `dvc exp run` stages both files)")
 
 
 def outputs(proj: Path) -> dict[str, str]:
@@ -55,12 +57,11 @@ def validate_error(output: str) -> list[str]:
 
 def restore(proj: Path, good: dict[str, str]) -> tuple[bool, dict]:
     """`git checkout params.yaml && dvc checkout`, then, if that left outputs of the killed run,
-    `git checkout dvc.lock && dvc checkout`: DVC records each stage in dvc.lock as soon as it
-    finishes, so a run killed after validate has already put validate's new outputs there.
+    `git checkout HEAD -- params.yaml dvc.lock && dvc checkout` (see the module docstring).
     (whether the state is the good one again, what each step left)."""
     rwlock = fix_corrupt_rwlock(proj)  # a DVC killed mid-bookkeeping (see test_faults_kill.py)
     steps = {}
-    for files in (["params.yaml"], ["dvc.lock"]):
+    for files in (["params.yaml"], ["HEAD", "--", "params.yaml", "dvc.lock"]):
         git = sh("git", "checkout", *files, cwd=proj, check=False)
         dvc = sh("dvc", "checkout", cwd=proj, check=False, timeout=600)
         status = sh("dvc", "status", "--json", cwd=proj, check=False)
