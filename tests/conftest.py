@@ -66,15 +66,25 @@ def real_masks() -> Path:
 def fault_log(tmp_path_factory: pytest.TempPathFactory):
     """The fault suite's record (tests/faults_support.py): one JSON line per fault case tried;
     `python tests/fault_table.py <file>` prints the README "Reliability" table from it."""
-    from tests.faults_support import FaultLog, fault_log_path
+    from tests.fault_record import FaultLog, fault_log_path
 
     return FaultLog(fault_log_path(tmp_path_factory.getbasetemp()))
+
+
+def pytest_sessionfinish(session) -> None:
+    """The hypothesis examples counted by tests/fault_record.counted go into the record."""
+    import sys
+
+    record = sys.modules.get("tests.fault_record")
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if record is not None and record.EXAMPLES and factory is not None:
+        record.record_examples(record.FaultLog(record.fault_log_path(factory.getbasetemp())))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Where the fault suite's record went (only when a fault test ran)."""
     base = getattr(getattr(config, "_tmp_path_factory", None), "_basetemp", None)
-    env = os.environ.get("CRACKXAI_FAULT_LOG")  # tests/faults_support.LOG_ENV
+    env = os.environ.get("CRACKXAI_FAULT_LOG")  # tests/fault_record.LOG_ENV
     path = Path(env) if env else (Path(base) / "fault_cases.jsonl" if base else None)
     if path is not None and path.is_file():
         terminalreporter.write_line(f"fault cases recorded in {path} "

@@ -2,7 +2,7 @@
 
     python tests/fault_table.py /tmp/pytest-of-root/pytest-N/fault_cases.jsonl
 
-One row per fault (the `fault` field of each JSON line written by tests/faults_support.FaultLog):
+One row per fault (the `fault` field of each JSON line written by tests/fault_record.FaultLog):
 cases tried, survived (the rerun gave the right answer, or the error was one clear paragraph and a
 rerun then succeeded), data lost, and what happened (the `what` field of the fault's last case).
 """
@@ -19,9 +19,10 @@ def table(lines: list[dict]) -> str:
     rows: OrderedDict[str, dict] = OrderedDict()
     for case in lines:
         row = rows.setdefault(case["fault"], {"tried": 0, "survived": 0, "lost": 0, "what": ""})
-        row["tried"] += 1
-        row["survived"] += bool(case["survived"])
-        row["lost"] += bool(case["data_lost"])
+        cases = case.get("cases", 1)  # a property test's line counts its hypothesis examples
+        row["tried"] += cases
+        row["survived"] += case.get("survived_cases", cases if case["survived"] else 0)
+        row["lost"] += cases if case["data_lost"] else 0
         row["what"] = case.get("what") or row["what"]
     out = ["| fault | cases tried | survived | data lost | what happens |", "|---|---|---|---|---|"]
     out += [f"| {fault} | {r['tried']} | {r['survived']} | {r['lost']} | {r['what']} |"

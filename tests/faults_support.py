@@ -2,15 +2,13 @@
 killed with SIGKILL at a seeded random point of a stage, a real `mlflow server`, and the record of
 every fault case tried (for the README "Reliability" table, printed by tests/fault_table.py).
 
-The record: one JSON line per case, appended to $CRACKXAI_FAULT_LOG when set, else to
-fault_cases.jsonl in pytest's base temp folder (the path is printed at the end of the session).
+The record itself: tests/fault_record.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import signal
@@ -19,12 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import yaml
 
 from tests.conftest import free_ports
+from tests.fault_record import LOG_ENV, FaultLog, fault_log_path  # noqa: F401 - re-exported
 from tests.test_workflow import make_project, sh, tool_env
 
 PIPELINE = ("validate", "download", "preprocess", "train", "evaluate", "explain")
@@ -34,32 +32,6 @@ PIPELINE = ("validate", "download", "preprocess", "train", "evaluate", "explain"
 TINY = ("experiment=smoke", "data.synthetic.n_per_class=16", "data.synthetic.image_size=64",
         "preprocess.image_size=32", "train.epochs=2", "train.batch_size=8", "train.patience=2",
         "explain.methods=[gradcam]", "explain.n_images=2", "explain.metrics.sanity=false")
-LOG_ENV = "CRACKXAI_FAULT_LOG"
-
-
-# ---------------------------------------------------------------------------------------------
-# The record of fault cases
-# ---------------------------------------------------------------------------------------------
-
-
-class FaultLog:
-    """Appends one JSON line per fault case: what was done, whether the project survived it
-    (the rerun gave the right answer / the error was clear), whether any data was lost."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def record(self, fault: str, case: str, survived: bool, data_lost: bool = False,
-               **detail: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = {"fault": fault, "case": case, "survived": bool(survived),
-                "data_lost": bool(data_lost), **detail}
-        with open(self.path, "a", encoding="utf-8") as handle:  # O_APPEND: one line per write
-            handle.write(json.dumps(line, sort_keys=True, default=str) + "\n")
-
-
-def fault_log_path(base_temp: Path) -> Path:
-    return Path(os.environ[LOG_ENV]) if os.environ.get(LOG_ENV) else base_temp / "fault_cases.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from crackxai.config import Config, compose, validate
 from crackxai.config.schema import leaf_types
 from crackxai.core.errors import ConfigError
+from tests.fault_record import counted
 
 KEYS = sorted(leaf_types())
 
@@ -51,11 +52,14 @@ def set_leaf(tree: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return tree
 
 
+CONFIG = counted("hypothesis: any value in any config leaf or section",
+                 "a valid Config or one ConfigError naming the key, never another exception")
 FAST = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]  # the fixture is read-only
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=FAST)
 @given(key=st.sampled_from(KEYS), value=VALUES)
+@CONFIG
 def test_any_value_in_any_leaf_is_valid_or_a_config_error_naming_it(defaults, key, value):
     try:
         cfg = validate(set_leaf(defaults, key, value), source="params.yaml")
@@ -68,6 +72,7 @@ def test_any_value_in_any_leaf_is_valid_or_a_config_error_naming_it(defaults, ke
 @settings(max_examples=100, deadline=None, suppress_health_check=FAST)
 @given(section=st.sampled_from(["data", "train", "explain.lime", "explain.scorecam", "model"]),
        value=SCALARS)
+@CONFIG
 def test_a_section_replaced_by_a_scalar_is_a_config_error_naming_it(defaults, section, value):
     with pytest.raises(ConfigError, match=section.replace(".", r"\.")):
         validate(set_leaf(defaults, section, value), source="params.yaml")

@@ -34,6 +34,7 @@ from crackxai.core.errors import CrackxaiError, DataError
 from crackxai.data.decode import PNG_END, decode_image, decode_mask, load_file
 from crackxai.data.processed import load_split, write_classes, write_split
 from crackxai.data.synthetic import render
+from tests.fault_record import counted
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "crack-sample"
 SIZE, MIN_SOURCE = 32, 16
@@ -81,6 +82,16 @@ def _flip(data: bytes, flips: list[tuple[int, int]]) -> bytes:
     return bytes(buf)
 
 
+# Rows of the README "Reliability" table (tests/fault_record.counted): fault, what happens.
+IMAGES = counted("hypothesis: truncated or bit-flipped JPEG/PNG files",
+                 "a decoded image or a reason in preprocess's report (a truncated JPEG never "
+                 "half grey), never a crash")
+ARRAYS = counted("hypothesis: truncated or bit-flipped processed arrays and tables",
+                 "loads with the dtype, shape and labels the split implies, or one-line "
+                 "DataError naming the file")
+MODEL = counted("hypothesis: truncated or bit-flipped .keras model file",
+                "loads and predicts as before, or one-line error naming the file")
+
 FLIPS = st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 7)), min_size=1, max_size=6)
 
 
@@ -98,6 +109,7 @@ def test_every_source_decodes_whole() -> None:
 
 @FUZZ
 @given(name=st.sampled_from(NAMES), frac=st.floats(0.0, 1.0, exclude_max=True))
+@IMAGES
 def test_truncated_image_is_rejected_never_half_grey(name: str, frac: float) -> None:
     data = SOURCES[name]
     cut = data[:int(frac * len(data))]
@@ -112,6 +124,7 @@ def test_truncated_image_is_rejected_never_half_grey(name: str, frac: float) -> 
 
 @FUZZ
 @given(name=st.sampled_from(NAMES), flips=FLIPS, cut=st.booleans(), frac=st.floats(0.0, 1.0))
+@IMAGES
 def test_bit_flipped_image_is_a_report_entry_never_a_crash(name: str, flips: list[tuple[int, int]],
                                                           cut: bool, frac: float) -> None:
     """Through load_file, as preprocess reads it: a decoded image or a reason, never a raise.
@@ -137,6 +150,7 @@ def test_bit_flipped_image_is_a_report_entry_never_a_crash(name: str, flips: lis
 
 @FUZZ
 @given(flips=FLIPS, frac=st.floats(0.0, 1.0))
+@IMAGES
 def test_damaged_mask_is_a_problem_string_never_a_crash(flips: list[tuple[int, int]],
                                                         frac: float) -> None:
     data = _flip(SOURCES["png_mask"], flips)
@@ -193,6 +207,7 @@ def _check_split(d: Path, damaged: str, mmap: bool) -> None:
 @FUZZ
 @given(file=st.sampled_from(SPLIT_FILES), flips=FLIPS, header=st.booleans(),
        mmap=st.booleans())
+@ARRAYS
 def test_bit_flipped_processed_file_loads_right_or_names_the_file(
         processed: Path, file: str, flips: list[tuple[int, int]], header: bool,
         mmap: bool) -> None:
@@ -209,6 +224,7 @@ def test_bit_flipped_processed_file_loads_right_or_names_the_file(
 @FUZZ
 @given(file=st.sampled_from(SPLIT_FILES), frac=st.floats(0.0, 1.0, exclude_max=True),
        mmap=st.booleans())
+@ARRAYS
 def test_truncated_processed_file_names_the_file(processed: Path, file: str, frac: float,
                                                  mmap: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,6 +282,7 @@ def _check_model_bytes(tiny: dict[str, Any], data: bytes) -> None:
 
 @settings(FUZZ, max_examples=max(1, EXAMPLES * 5 // 8))
 @given(flips=FLIPS)
+@MODEL
 def test_bit_flipped_model_loads_right_or_is_one_line_error(tiny_model: dict[str, Any],
                                                             flips: list[tuple[int, int]]) -> None:
     _check_model_bytes(tiny_model, _flip(tiny_model["bytes"], flips))
@@ -273,6 +290,7 @@ def test_bit_flipped_model_loads_right_or_is_one_line_error(tiny_model: dict[str
 
 @settings(FUZZ, max_examples=max(1, EXAMPLES * 3 // 8))
 @given(frac=st.floats(0.0, 1.0, exclude_max=True))
+@MODEL
 def test_truncated_model_is_one_line_error(tiny_model: dict[str, Any], frac: float) -> None:
     data = tiny_model["bytes"]
     _check_model_bytes(tiny_model, data[:int(frac * len(data))])
