@@ -51,7 +51,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from crackxai.config import default_config  # noqa: E402
+from crackxai.config import default_config
+from crackxai.config.explain import quality_settings  # noqa: E402
 from crackxai.core.paths import MODEL_FILE  # noqa: E402
 from crackxai.data.synthetic import render  # noqa: E402
 from crackxai.models.io import load_model  # noqa: E402
@@ -246,7 +247,7 @@ def stage_sections(methods: list[str], images: np.ndarray, targets: np.ndarray,
     """Seconds of the explain stage's per-method section on these images, as the stage runs it
     (explainer and sanity explainer built, then scoring.explain_selection)."""
     cfg = default_config()
-    quality = scoring.Quality(**dataclasses.asdict(cfg.explain.metrics), seed=cfg.seed)
+    quality = quality_settings(cfg)  # as the stage reads explain.metrics
     random_model = EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
     predictor = Predictor(model, batch_size=cfg.explain.batch_size)
     random_predictor = Predictor(random_model, batch_size=cfg.explain.batch_size)
