@@ -21,7 +21,7 @@ import pandas as pd
 from crackxai.core.io import NpyRows
 from crackxai.data.curation import choose_split, deduplicate
 from crackxai.data.groups import find_groups
-from crackxai.data.processed import CHUNK, SPLITS
+from crackxai.data.processed import SPLITS, copy_rows
 
 SIDE = "_staging_side"  # file stem of the rows outside the provisional split
 
@@ -90,14 +90,14 @@ class RowStore:
     def finish(self, splits: dict[str, np.ndarray]) -> None:
         """Leave `{split}_{kind}.npy` holding exactly the rows `splits[s]`, in that order, and
         remove the side file."""
-        if not all(np.array_equal(splits[s], self.provisional[s]) for s in SPLITS):
-            final = {s: self.out / f"_final_{s}_{self.kind}.npy" for s in SPLITS}
+        moved = not all(np.array_equal(splits[s], self.provisional[s]) for s in SPLITS)
+        final = {s: self.out / f"_final_{s}_{self.kind}.npy" for s in SPLITS}
+        if moved:
             for s in SPLITS:
                 with NpyRows(final[s], (len(splits[s]), *self.shape[1:]), np.uint8) as dst:
-                    for start in range(0, len(splits[s]), CHUNK):
-                        dst.write(start, self[splits[s][start:start + CHUNK]])
-            self._files = []  # drop the maps before their files are replaced
+                    copy_rows(dst, self, splits[s])
+        self._files = []  # drop the maps before their files are replaced or removed
+        if moved:
             for s in SPLITS:
                 os.replace(final[s], self.out / f"{s}_{self.kind}.npy")
-        self._files = []
         self.paths[-1].unlink(missing_ok=True)

@@ -173,20 +173,23 @@ def write_split(out: str | Path, name: str, images: np.ndarray, labels: np.ndarr
     out = Path(out)
     idx = np.arange(len(labels)) if idx is None else np.asarray(idx)
     size = images.shape[1]
-    sources = [(images, NpyRows(out / f"{name}_images.npy", (len(idx), size, size, 3), np.uint8))]
+    with NpyRows(out / f"{name}_images.npy", (len(idx), size, size, 3), np.uint8) as dst:
+        copy_rows(dst, images, idx)
     if masks is not None:
-        sources.append((masks, NpyRows(out / f"{name}_masks.npy", (len(idx), size, size),
-                                       np.uint8)))
+        with NpyRows(out / f"{name}_masks.npy", (len(idx), size, size), np.uint8) as dst:
+            copy_rows(dst, masks, idx)
+    write_split_tables(out, name, labels, records, idx)
+
+
+def copy_rows(dst: NpyRows, src: Any, idx: np.ndarray) -> None:
+    """Row k of `dst` from `src[idx[k]]`, CHUNK rows at a time (memory stays flat), each chunk
+    read in source order (a memory-mapped source is read front to back)."""
     for start in range(0, len(idx), CHUNK):
         part = idx[start:start + CHUNK]
-        order = np.argsort(part, kind="stable")  # read the source in file order
-        for src, dst in sources:
-            rows = np.empty((len(part),) + src.shape[1:], src.dtype)
-            rows[order] = src[part[order]]
-            dst.write(start, rows)
-    for _, dst in sources:
-        dst.close()
-    write_split_tables(out, name, labels, records, idx)
+        order = np.argsort(part, kind="stable")
+        rows = np.empty((len(part), *dst.shape[1:]), dst.dtype)
+        rows[order] = src[part[order]]
+        dst.write(start, rows)
 
 
 def write_split_tables(out: str | Path, name: str, labels: np.ndarray, records: pd.DataFrame,

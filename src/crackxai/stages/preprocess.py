@@ -125,8 +125,8 @@ def main(cfg: Config) -> dict[str, Any]:
                 f"{RAW_DIR / classes[int(counts.argmin())]} (or its source), then rerun download."
             ))
 
-        # 3. Groups, the split (no group in two splits) and each split's arrays, gathered from
-        # the staging arrays in chunks.
+        # 3. Groups, the split (no group in two splits); the split files already hold their
+        # images unless the real split differs from the provisional one (then gathered once).
         kept_rows = rows.iloc[keep]
         groups = find_groups(group_by, kept_rows["path"].tolist(), stores[0], keep,
                              kept_rows[p.split.group_column].tolist() if group_by == "column"
