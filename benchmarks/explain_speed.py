@@ -60,6 +60,7 @@ from crackxai.models.predictor import Predictor  # noqa: E402
 from crackxai.models.resnet import build_model  # noqa: E402
 from crackxai.xai import metrics as EM  # noqa: E402
 from crackxai.xai import registry, scoring  # noqa: E402
+from crackxai.xai.assess import SANITY_CHUNK, predictors  # noqa: E402
 from crackxai.xai.cam import gradient_pass, resolve_layer  # noqa: E402
 from crackxai.xai.selection import Selection  # noqa: E402
 
@@ -249,8 +250,8 @@ def stage_sections(methods: list[str], images: np.ndarray, targets: np.ndarray,
     cfg = default_config()
     quality = quality_settings(cfg)  # as the stage reads explain.metrics
     random_model = EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
-    predictor = Predictor(model, batch_size=cfg.explain.batch_size)
-    random_predictor = Predictor(random_model, batch_size=cfg.explain.batch_size)
+    predictor_for = predictors(model, random_model, quality.randomize, cfg.explain.batch_size)
+    predictor, random_predictor = predictor_for(model), predictor_for(random_model)
     n = len(images)
     info = pd.DataFrame({"row": np.arange(n)})
     sel = Selection(np.arange(n), images, targets, [None] * n, info)
@@ -261,7 +262,7 @@ def stage_sections(methods: list[str], images: np.ndarray, targets: np.ndarray,
         for method in methods:
             seconds, _ = timed(lambda m=method: scoring.explain_selection(
                 build(m, predictor), sel, predictor, quality, Path(out),
-                build(m, random_predictor, random_model)))
+                build(m, random_predictor, random_model), chunk=SANITY_CHUNK))
             total += seconds
             print(f"  {method:<16}{seconds:>7.1f} s  ({seconds / n:.2f} s/image, first call "
                   "includes tracing)", flush=True)

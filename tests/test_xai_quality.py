@@ -333,3 +333,26 @@ def test_matches_quantus_reference_values(mask):
                                atol=2e-6)
     np.testing.assert_allclose(Q.complexity_batch(maps), [6.633438138349256, 6.603805055583815],
                                rtol=1e-8)
+
+
+def test_max_sensitivity_with_the_reference_map_skips_the_image():
+    """A deterministic explainer's own map of the image, passed as `reference`: the same score,
+    and only the perturbations are explained."""
+    image = np.random.default_rng(6).uniform(0, 255, (8, 8, 3))
+    square = CountingExplainer(lambda x: x[..., 0] ** 2)
+    full = Q.max_sensitivity(square, image, radius=5.0, n_samples=4, seed=2, clip=(0, 255))
+    reused = Q.max_sensitivity(square, image, radius=5.0, n_samples=4, seed=2, clip=(0, 255),
+                               reference=image.astype(np.float32)[..., 0] ** 2)
+    assert reused == pytest.approx(full, rel=1e-12)
+    assert square.calls == [5, 4]
+
+
+def test_head_copy_is_the_first_cascade_step(resnet_like):
+    """The sanity check's head-randomised copy has the cascade's first-step weights, so the
+    cascade can reuse the sanity maps instead of explaining that step again."""
+    from crackxai.xai import metrics as EM
+
+    head = EM.randomized_copy(resnet_like, "head", seed=5)
+    _, first = next(EM.cascading_randomized_copies(resnet_like, seed=5))
+    assert all(np.array_equal(a, b) for a, b in
+               zip(head.get_weights(), first.get_weights(), strict=True))

@@ -59,11 +59,10 @@ from crackxai.core.paths import (
 from crackxai.data.kaggle import manifest_is_kaggle
 from crackxai.data.processed import load_split
 from crackxai.models.io import load_model
-from crackxai.models.predictor import Predictor
 from crackxai.tracking.runs import config_params, read_run_file, redact, resume_model_run
 from crackxai.xai import metrics as EM
 from crackxai.xai import registry, runners, scorecard
-from crackxai.xai.assess import assess, write_outputs
+from crackxai.xai.assess import assess, predictors, write_outputs
 from crackxai.xai.cam import resolve_layer
 from crackxai.xai.report import report_html
 from crackxai.xai.selection import explicit_images, select
@@ -146,24 +145,20 @@ def main(cfg: Config) -> dict[str, Any]:
         log(STAGE, f"CAM layer {layer} {tuple(model.get_layer(layer).output.shape[1:])}"
                    + ("" if e.layer else f" (last feature map >= {e.cam_min_size} px a side)"))
     keras.utils.set_random_seed(cfg.seed)
-    predictor = Predictor(model, batch_size=e.batch_size)
     quality, reruns = quality_settings(cfg), rerun_settings(cfg)
-    sel = select(test, predictor, images=e.images, n_images=e.n_images,
+    random_model = (EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
+                    if quality.sanity else None)
+    predictor_for = predictors(model, random_model, quality.randomize, e.batch_size)
+    sel = select(test, predictor_for(model), images=e.images, n_images=e.n_images,
                  max_misclassified=e.max_misclassified, target=e.target, seed=cfg.seed)
     log(STAGE, f"{len(sel.rows)} test images "
                f"({'explain.images' if e.images else f'seed {cfg.seed}'}): "
                f"{int(sel.info.misclassified.sum())} misclassified, "
                f"{int(sel.info.has_mask.sum())} with a crack mask; methods: {', '.join(e.methods)}")
-    random_model = None
-    if quality.sanity:
-        random_model = EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
+    if random_model is not None:
         log(STAGE, f"sanity check against a copy with '{quality.randomize}' re-initialised "
                    f"({len(EM.randomized_layer_names(model, quality.randomize))} layers)")
     kaggle = manifest_is_kaggle(MANIFEST)
-
-    def predictor_for(m: keras.Model) -> Predictor:
-        return predictor if m is model else Predictor(m, batch_size=e.batch_size)
-
     remote = e.runner == "ray"
     with resume_model_run(cfg, RUN_FILE, project_root(), nested_name=STAGE) as run, \
             staged_outputs(EXPLAIN_DIR) as out, contextlib.ExitStack() as stack:

@@ -124,10 +124,9 @@ def run_scorecard(cfg: Config, model_path: Path, data: Path, out: Path, classes:
     import keras
 
     from crackxai.models.io import load_model
-    from crackxai.models.predictor import Predictor
     from crackxai.xai import metrics as EM
     from crackxai.xai import registry, scorecard
-    from crackxai.xai.assess import assess, write_outputs
+    from crackxai.xai.assess import assess, predictors, write_outputs
     from crackxai.xai.cam import resolve_layer
     from crackxai.xai.selection import select
 
@@ -146,16 +145,12 @@ def run_scorecard(cfg: Config, model_path: Path, data: Path, out: Path, classes:
     if any(registry.get(m).is_cam for m in e.methods):
         layer = resolve_layer(model, e.layer, e.cam_min_size)
     keras.utils.set_random_seed(cfg.seed)
-    predictor = Predictor(model, batch_size=e.batch_size)
     quality, reruns = quality_settings(cfg), rerun_settings(cfg)
-    sel = select(test, predictor, images=list(range(len(test))), n_images=len(test),
-                 max_misclassified=0, target=classes.index(crack_class), seed=cfg.seed)
     random_model = (EM.randomized_copy(model, quality.randomize, seed=cfg.seed)
                     if quality.sanity else None)
-
-    def predictor_for(m: Any) -> Any:
-        return predictor if m is model else Predictor(m, batch_size=e.batch_size)
-
+    predictor_for = predictors(model, random_model, quality.randomize, e.batch_size)
+    sel = select(test, predictor_for(model), images=list(range(len(test))), n_images=len(test),
+                 max_misclassified=0, target=classes.index(crack_class), seed=cfg.seed)
     makes = {m: explainer_factory(cfg, m, layer) for m in e.methods}
     with staged_outputs(out) as staging:
         result = assess(makes, model, predictor_for, sel, quality, reruns, staging,

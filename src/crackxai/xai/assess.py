@@ -8,7 +8,10 @@ that join scoring's table on (row, method).
   the cost): random-logit SSIM (the map of another class), max-sensitivity (maps of perturbed
   copies, all in one explain call) and seed-to-seed stability (the map from further seeds).
 - `cascading_records`: cascading model-parameter randomisation (head, then conv5 .. conv1 as
-  well), every method on the same copy per step, so the cascade costs one model copy.
+  well), every method on the same copy per step, so the cascade costs one model copy; its first
+  step is the sanity check's head-randomised copy, whose maps it reuses.
+- `predictors`: the predictors `assess` shares model evaluations through (a MemoPredictor: the
+  random-logit rerun and the sanity copy reuse the perturbed images' backbone passes).
 
 A method is passed as `make(model, predictor, seed) -> Explainer`, so the caller decides how a
 method is built (the stage: from its config) and this module needs no configuration.
@@ -43,7 +46,7 @@ class Reruns:
 
     images: int = 1
     random_logit: bool = True
-    max_sensitivity_samples: int = 3
+    max_sensitivity_samples: int = 2
     max_sensitivity_radius: float = 5.0
     seeds: int = 2
     cascading: bool = True
@@ -90,10 +93,13 @@ def _uint8(batch: np.ndarray) -> np.ndarray:
 def rerun_records(make: Make, model: keras.Model, predictor: Predict, sel: Selection,
                   maps: np.ndarray, n_classes: int, reruns: Reruns) -> list[dict[str, Any]]:
     """random_logit_ssim, max_sensitivity and seed_stability for `reruns.images` rows (NaN
-    where a value is undefined, e.g. rank correlation of a constant map)."""
+    where a value is undefined, e.g. rank correlation of a constant map). `maps` are the
+    method's maps at `reruns.seed`, so the unperturbed image is not explained again; a method
+    that does not sample (not `stochastic`) gives the same map for every seed: stability 1."""
     explainer = make(model, predictor, reruns.seed)
     method = explainer.name
-    others = [make(model, predictor, reruns.seed + k) for k in range(1, reruns.seeds)]
+    others = ([make(model, predictor, reruns.seed + k) for k in range(1, reruns.seeds)]
+              if explainer.stochastic else [])
     records = []
     for n in rerun_rows(len(sel.rows), reruns.images):
         image, target, trained = sel.images[n], int(sel.targets[n]), maps[n]
@@ -107,33 +113,46 @@ def rerun_records(make: Make, model: keras.Model, predictor: Predict, sel: Selec
                 return explainer.explain(_uint8(batch), [t] * len(batch))
             record["max_sensitivity"] = Q.max_sensitivity(
                 explain_fn, image, reruns.max_sensitivity_radius,
-                reruns.max_sensitivity_samples, seed=reruns.seed + int(n), clip=(0.0, 255.0))
+                reruns.max_sensitivity_samples, seed=reruns.seed + int(n), clip=(0.0, 255.0),
+                reference=trained)
         if others:
             seeded = np.stack([trained, *(e.explain(image[None], [target])[0] for e in others)])
             record["seed_stability"] = Q.seed_stability(seeded)
+        elif reruns.seeds > 1:
+            record["seed_stability"] = 1.0
         records.append(record)
     return records
 
 
 def cascading_records(makes: Mapping[str, Make], model: keras.Model,
                       predictor_for: Callable[[keras.Model], Predict], sel: Selection,
-                      maps: Mapping[str, np.ndarray], reruns: Reruns
+                      maps: Mapping[str, np.ndarray], reruns: Reruns,
+                      head_copy: keras.Model | None = None,
+                      head_maps: Mapping[str, np.ndarray] | None = None
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-image records with `cascading_abs_rho` = |Spearman rho| between the trained map and
     the map with every block re-initialised, one curve record per (method, row, step) with
-    every map_similarity measure). Each step re-initialises one more block, top to bottom."""
+    every map_similarity measure). Each step re-initialises one more block, top to bottom, on one
+    copy with one predictor. `head_copy` with `head_maps` (all rows, per method): a model with
+    the head re-initialised and its maps (the sanity check's); where its weights are the first
+    step's, that step takes those maps instead of explaining again."""
     rows = rerun_rows(len(sel.rows), reruns.images)
     curve: list[dict[str, Any]] = []
     if len(rows) == 0:
         return [], curve
     images, targets = sel.images[rows], sel.targets[rows]
+    predictor = None
     for step, (block, randomised) in enumerate(
             EM.cascading_randomized_copies(model, seed=reruns.seed)):
-        predictor = predictor_for(randomised)
+        predictor = predictor or predictor_for(randomised)  # the same copy at every step
+        known = (head_maps if step == 0 and head_maps is not None and head_copy is not None
+                 and _same_weights(head_copy, randomised) else {})
         for method, make in makes.items():
-            explainer = make(randomised, predictor, reruns.seed)
-            for n, image, target in zip(rows, images, targets, strict=True):
-                after = explainer.explain(image[None], [int(target)])[0]
+            if method in known:
+                after_maps = known[method][rows]
+            else:
+                after_maps = make(randomised, predictor, reruns.seed).explain(images, targets)
+            for n, after in zip(rows, after_maps, strict=True):
                 similarity = Q.map_similarity(maps[method][n], after)
                 curve.append({"method": method, "row": int(n), "step": step, "block": block,
                               **similarity})
@@ -141,6 +160,11 @@ def cascading_records(makes: Mapping[str, Make], model: keras.Model,
     final = [{"row": r["row"], "method": r["method"], "cascading_abs_rho": r["abs_rho"]}
              for r in curve if r["step"] == last]
     return final, curve
+
+
+def _same_weights(a: keras.Model, b: keras.Model) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
 
 
 @dataclass
@@ -153,6 +177,30 @@ class Assessment:
     maps: dict[str, np.ndarray]
 
 
+SANITY_CHUNK = 16  # images explained before their sanity rerun (see scoring.explain_selection)
+
+
+def predictors(model: keras.Model, sanity_model: keras.Model | None, randomize: str,
+               batch_size: int) -> Callable[[keras.Model], Predict]:
+    """`predictor_for(m)`: one MemoPredictor for `model`; for `sanity_model` when only its head
+    (the last layer) was re-initialised, a view that reuses that predictor's features (the
+    backbone runs once for both); a plain Predictor for any other model (the cascade's copy)."""
+    from crackxai.models.predictor import MemoPredictor, Predictor
+
+    trained = MemoPredictor(model, batch_size=batch_size)
+    head_only = (sanity_model is not None
+                 and EM.randomized_layer_names(model, randomize) == [model.layers[-1].name])
+    shared = trained.sharing_features(sanity_model) if head_only else None
+
+    def predictor_for(m: keras.Model) -> Predict:
+        if m is model:
+            return trained
+        if m is sanity_model and shared is not None:
+            return shared
+        return Predictor(m, batch_size=batch_size)
+    return predictor_for
+
+
 def assess(makes: Mapping[str, Make], model: keras.Model,
            predictor_for: Callable[[keras.Model], Predict], sel: Selection,
            quality: scoring.Quality, reruns: Reruns, out: Path,
@@ -161,21 +209,25 @@ def assess(makes: Mapping[str, Make], model: keras.Model,
     """Explain the selection with every method (maps and overlays saved under `out`, see
     scoring.explain_selection) and measure every metric: scoring's faithfulness, localisation
     and head-randomisation sanity on all images, map_records on all images, the reruns and the
-    cascade on `reruns.images` of them, and the random baseline."""
+    cascade on `reruns.images` of them, and the random baseline. `predictor_for` as `predictors`
+    makes it, so that explaining the sanity copy and other classes reuses model evaluations."""
     predictor = predictor_for(model)
     sanity_predictor = predictor_for(sanity_model) if sanity_model is not None else None
     n_classes = int(np.asarray(predictor(sel.images[:1])).shape[-1])
     records: list[dict[str, Any]] = []
     extra: list[dict[str, Any]] = []
     maps: dict[str, np.ndarray] = {}
+    sanity_maps: dict[str, np.ndarray] = {}
     for method, make in makes.items():
         log(f"{method}: explaining {len(sel.rows)} images")
         with scoring.distinct_warnings() as warned:
             explainer = make(model, predictor, reruns.seed)
             sanity = (make(sanity_model, sanity_predictor, reruns.seed)
                       if sanity_model is not None else None)
-            maps[method], method_records = scoring.explain_selection(
-                explainer, sel, predictor, quality, out, sanity)
+            maps[method], randomised, method_records = scoring.explain_selection(
+                explainer, sel, predictor, quality, out, sanity, chunk=SANITY_CHUNK)
+            if randomised is not None:
+                sanity_maps[method] = randomised
             records += method_records
             extra += map_records(method, maps[method], sel.masks)
             if reruns.any:
@@ -184,11 +236,20 @@ def assess(makes: Mapping[str, Make], model: keras.Model,
                                        reruns)
         for message in warned:  # once per method, not once per image and call
             log(f"{method}: warning: {message}")
+        computed = getattr(predictor, "n_computed", None)
+        shared = getattr(sanity_predictor, "base", None) is predictor
+        asked = predictor.n_evals + (sanity_predictor.n_evals if shared else 0)
+        if computed is not None and asked:
+            log(f"trained model{' and sanity copy' if shared else ''}: {asked} images asked for "
+                f"so far, {computed} through the backbone (the rest were the same images again)")
     curve: list[dict[str, Any]] = []
     if reruns.cascading and reruns.images > 0:
         log("cascading randomisation: head, then conv5 .. conv1 re-initialised in turn")
         with scoring.distinct_warnings():
-            final, curve = cascading_records(makes, model, predictor_for, sel, maps, reruns)
+            final, curve = cascading_records(
+                makes, model, predictor_for, sel, maps, reruns,
+                head_copy=sanity_model if quality.randomize == "head" else None,
+                head_maps=sanity_maps)
         extra += final
     if quality.faithfulness or quality.localisation:
         log("random baseline: the same metrics for uninformative maps")

@@ -7,7 +7,7 @@ image at input resolution, where larger means more evidence FOR the target class
 
 Class attributes say what kind of method it is: `is_cam` (reads a convolutional feature map, so
 it needs a layer), `uses_gradients` (a forward+backward pass through the model itself, not the
-predictor). `explain_with_cost` also gives the wall seconds and model evaluations it took.
+predictor), `stochastic` (the map depends on the seed: SHAP's tie-breaks, LIME's samples). `explain_with_cost` also gives the wall seconds and model evaluations it took.
 
 Subclasses implement `_explain` only; `explain` checks the inputs and cleans the output. The
 method names live in crackxai.xai.registry, which sets `name` on the instances it creates.
@@ -39,6 +39,7 @@ class Explainer(abc.ABC):
 
     is_cam: ClassVar[bool] = False
     uses_gradients: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
 
     def __init__(self, model: keras.Model, predictor: Predict, *, seed: int = 0):
         self.model = model

@@ -39,6 +39,8 @@ class LimeExplainer(Explainer):
     """LIME over superpixels: `num_samples` perturbed images in batches of `batch_size`; a hidden
     superpixel becomes `hide_color` (None: its own mean colour)."""
 
+    stochastic = True
+
     def __init__(self, model: keras.Model | None, predictor: Predict, *, seed: int = 0,
                  num_samples: int = 1000, num_features: int = 5, positive_only: bool = True,
                  hide_rest: bool = False, hide_color: int | None = None, batch_size: int = 50,

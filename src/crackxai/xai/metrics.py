@@ -280,23 +280,28 @@ def _reseeded(initializer: keras.initializers.Initializer, seed: int):
 
 def randomized_copy(model: keras.Model, randomize: str = "head", seed: int = 0) -> keras.Model:
     """A copy of `model` whose chosen layers are re-initialised with their own initializers
-    (seeded: the same seed gives the same copy); all other weights are the trained ones."""
+    (seeded: the same seed gives the same copy); all other weights are the trained ones. A layer
+    gets the weights the cascade gives it (cascading_randomized_copies), so the 'head' copy is
+    the cascade's first step."""
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    chosen = set(randomized_layer_names(clone, randomize))
-    n = 0
-    for layer in clone.layers:
-        if layer.name not in chosen:
-            continue
-        for variable in layer.weights:
+    _reinitialise(clone, randomized_layer_names(clone, randomize), seed)
+    return clone
+
+
+def _reinitialise(model: keras.Model, names: list[str], seed: int) -> None:
+    """Re-initialise the named layers in place, each variable with its own initializer seeded by
+    the layer's position in the model: the same layer gets the same weights in any copy."""
+    position = {layer.name: i for i, layer in enumerate(model.layers)}
+    for name in names:
+        layer = model.get_layer(name)
+        for j, variable in enumerate(layer.weights):
             # Dense/Conv2D: kernel, bias; BatchNormalization: gamma, beta, moving_mean/variance
             initializer = getattr(layer, f"{variable.name}_initializer", None)
             if initializer is None:
                 raise ValueError(f"no initializer for {layer.name}/{variable.name}")
-            n += 1
-            initializer = _reseeded(initializer, seed * 100_003 + n)
+            initializer = _reseeded(initializer, seed * 100_003 + position[name] * 16 + j)
             variable.assign(initializer(variable.shape, dtype=variable.dtype))
-    return clone
 
 
 # --- Sanity: cascading randomisation, top block to bottom -------------------------------------
@@ -332,14 +337,6 @@ def cascading_randomized_copies(model: keras.Model, stages: tuple[str, ...] = CA
     step order; the trained model is never touched."""
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    position = {layer.name: i for i, layer in enumerate(clone.layers)}
     for step, names in cascading_layer_steps(clone, stages):
-        for name in names:
-            layer = clone.get_layer(name)
-            for j, variable in enumerate(layer.weights):
-                initializer = getattr(layer, f"{variable.name}_initializer", None)
-                if initializer is None:
-                    raise ValueError(f"no initializer for {layer.name}/{variable.name}")
-                initializer = _reseeded(initializer, seed * 100_003 + position[name] * 16 + j)
-                variable.assign(initializer(variable.shape, dtype=variable.dtype))
+        _reinitialise(clone, names, seed)
         yield step, clone

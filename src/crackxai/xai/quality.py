@@ -177,6 +177,7 @@ def max_sensitivity(
     seed: int = 0,
     relative: bool = True,
     clip: tuple[float, float] | None = None,
+    reference: np.ndarray | None = None,
 ) -> float:
     """Yeh et al. 2019, SENS_MAX estimated by Monte Carlo as they do: draw `n_samples` points
     uniformly in the L-inf ball of `radius` around the image (per-value U(-r, r), seeded), and
@@ -185,14 +186,20 @@ def max_sensitivity(
     comparable). `clip` = (lo, hi) keeps x' in the valid pixel range (e.g. (0, 255)).
 
     `explain_fn` maps (N, H, W, C) images to (N, H, W) maps; it is called ONCE, on the image and
-    all its perturbations together (so it can batch them). A zero map that stays zero scores 0; a
-    zero map that changes scores inf (relative change undefined)."""
+    all its perturbations together (so it can batch them), or on the perturbations only when
+    `reference` is the image's own map already (a deterministic explainer's, so e(x) need not be
+    computed twice). A zero map that stays zero scores 0; a zero map that changes scores inf
+    (relative change undefined)."""
     x = np.asarray(image, dtype=np.float32)
     noise = np.random.default_rng(seed).uniform(-radius, radius, size=(n_samples, *x.shape))
-    batch = np.concatenate([x[None], x[None] + noise.astype(np.float32)])
+    batch = x[None] + noise.astype(np.float32)
+    if reference is None:
+        batch = np.concatenate([x[None], batch])
     if clip is not None:
         batch = np.clip(batch, *clip)
-    maps = np.asarray(explain_fn(batch), dtype=np.float64).reshape(n_samples + 1, -1)
+    maps = np.asarray(explain_fn(batch), dtype=np.float64).reshape(len(batch), -1)
+    if reference is not None:
+        maps = np.concatenate([np.asarray(reference, np.float64).reshape(1, -1), maps])
     worst = float(np.linalg.norm(maps[1:] - maps[0], axis=1).max())
     if not relative or worst == 0.0:
         return worst

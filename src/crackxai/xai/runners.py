@@ -112,6 +112,7 @@ class Precomputed(Explainer):
     def __init__(self, like: Explainer, images: np.ndarray, targets: np.ndarray, result: Result):
         super().__init__(like.model, like.predictor, seed=like.seed)
         self.name, self.uses_gradients = like.name, like.uses_gradients
+        self.stochastic = like.stochastic
         self._found = {(np.asarray(im).tobytes(), int(t)): i
                        for i, (im, t) in enumerate(zip(images, targets, strict=True))}
         self._result = result

@@ -91,19 +91,29 @@ def score_maps(attributions: np.ndarray, images: np.ndarray, targets: np.ndarray
 
 
 def explain_selection(explainer: Explainer, sel: Selection, predictor: Predict, quality: Quality,
-                      out: Path, sanity: Explainer | None = None
-                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Maps of every selected image, saved under `out` as maps/<method>/<name>.npy with their
-    overlays/<method>/<name>.png, and one metrics record each. `sanity` is the same method on a
-    model with re-initialised layers. One explain() call for all the images (so the methods
-    batch across them): the cost per image is the call's share, seconds and evaluations / N."""
+                      out: Path, sanity: Explainer | None = None, chunk: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
+    """(maps, the sanity maps or None, one metrics record per image) of every selected image,
+    saved under `out` as maps/<method>/<name>.npy with their overlays/<method>/<name>.png.
+    `sanity` is the same method on a model with re-initialised layers. The images go to
+    explain() together (so the methods batch across them), or in chunks of `chunk` images, each
+    explained by the method and then by `sanity`: a predictor that remembers images (MemoPredictor)
+    then still holds the chunk's perturbed images when the sanity copy asks for the same ones.
+    The cost per image is the share of its calls, seconds and evaluations / N."""
     method = explainer.name
     n = len(sel.rows)
-    maps, seconds, evals = explainer.explain_with_cost(sel.images, sel.targets)
-    rhos = [float("nan")] * n
-    if sanity is not None:
-        randomised = sanity.explain(sel.images, sel.targets)
-        rhos = [EM.rank_correlation(a, b) for a, b in zip(maps, randomised, strict=True)]
+    step = chunk if chunk > 0 else max(n, 1)
+    parts, seconds, evals = [], 0.0, 0
+    for start in range(0, n, step):
+        images, targets = sel.images[start:start + step], sel.targets[start:start + step]
+        part, part_seconds, part_evals = explainer.explain_with_cost(images, targets)
+        parts.append((part, sanity.explain(images, targets) if sanity is not None else None))
+        seconds, evals = seconds + part_seconds, evals + part_evals
+    maps = np.concatenate([m for m, _ in parts]) if parts else np.zeros(
+        (0, *sel.images.shape[1:3]), np.float32)
+    randomised = np.concatenate([r for _, r in parts]) if sanity is not None and parts else None
+    rhos = ([EM.rank_correlation(a, b) for a, b in zip(maps, randomised, strict=True)]
+            if randomised is not None else [float("nan")] * n)
     scores = score_maps(maps, sel.images, sel.targets, list(sel.masks), predictor, quality)
     records = []
     for i in range(n):
@@ -113,7 +123,7 @@ def explain_selection(explainer: Explainer, sel: Selection, predictor: Predict, 
         np.save(out / "maps" / method / f"{sel.names[i]}.npy", maps[i])
         render.save_png(out / "overlays" / method / f"{sel.names[i]}.png",
                         render.overlay(sel.images[i], maps[i]))
-    return maps, records
+    return maps, randomised, records
 
 
 @contextlib.contextmanager

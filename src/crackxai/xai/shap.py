@@ -84,6 +84,8 @@ class ShapExplainer(Explainer):
     """SHAP Partition explainer (shap.maskers.Image), `max_evals` model evaluations per image in
     batches of `batch_size`."""
 
+    stochastic = True
+
     def __init__(self, model: keras.Model | None, predictor: Predict, *, seed: int = 0,
                  masker: str = "inpaint_telea", max_evals: int = 500, batch_size: int = 50):
         super().__init__(model, predictor, seed=seed)
