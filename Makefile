@@ -32,7 +32,7 @@ endif
 EXTRA_GROUPS := $(if $(filter 1,$(RAY)),--group ray)
 TEST_GROUPS := --group ray
 
-.PHONY: setup setup-gpu run test test-slow lint params bench clean readme-scorecard
+.PHONY: setup setup-gpu run test test-slow lint params bench clean readme-scorecard restore
 
 setup:  ## install the locked environment into .venv (TF=gpu: the CUDA build of TensorFlow)
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -66,6 +66,15 @@ SCORECARD_ARGS ?=
 readme-scorecard: setup  ## regenerate the README's explanation tables (python -m crackxai.scorecard)
 	$(UV) run --frozen $(UV_GROUPS) python -m crackxai.scorecard --model models/model.keras --data ../shared/real-masks $(SCORECARD_ARGS) --readme README.md --block real-masks
 	$(UV) run --frozen $(UV_GROUPS) python -m crackxai.scorecard --from-report reports/explain --readme README.md --block synthetic
+
+# After a failed or killed `dvc repro` / `dvc exp run`: params.yaml and dvc.lock from the last
+# commit, every output from DVC's cache. `touch` first: a failed `dvc exp run` can leave
+# params.yaml changed behind a git index that calls it unchanged (same size and time), and
+# `git checkout` would then skip it (README "Why validate comes first").
+restore:  ## put back the last committed state after a failed or killed run
+	touch params.yaml dvc.lock
+	git checkout HEAD -- params.yaml dvc.lock
+	$(UV) run --frozen $(UV_GROUPS) dvc checkout
 
 clean:
 	rm -rf data/raw data/processed data/manifest.csv models/model.keras models/.train_state reports

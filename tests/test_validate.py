@@ -3,8 +3,9 @@
 - The validate stage checks params.yaml in full and writes one resolved file per config section;
   dvc.yaml puts it upstream of every other stage (DVC deletes a stage's outputs just before
   running it, so only a stage upstream of all of them can fail before anything is deleted).
-- Every DVC output is cached, so `git checkout HEAD -- params.yaml dvc.lock && dvc checkout`
-  restores the last good state after any failed or killed run.
+- Every DVC output is cached, so `make restore` (`touch params.yaml dvc.lock && git checkout HEAD
+  -- params.yaml dvc.lock && dvc checkout`) restores the last good state after any failed or
+  killed run (tests/test_faults_params.py).
 - Truncated data/model files get one-paragraph messages naming the file and the fix.
 - `dvc plots show` draws each curve once, with named axes, the confusion matrix as the PNG does.
 """
