@@ -5,7 +5,7 @@ strategy, as the train stage does it. Run as a script, a fresh process per devic
 
     python tests/dist_train_tiny.py OUT_DIR DISTRIBUTION [--logical-cpus N] [--n 64] [--size 16]
                                     [--batch 16] [--epochs 2] [--no-sync-bn] [--no-augment]
-                                    [--model tiny|resnet50] [--lr 1e-2]
+                                    [--model tiny|resnet50] [--lr 1e-2] [--sgd]
 
 TF_CONFIG in the environment makes it one worker of a cluster. Writes, on the chief only,
 OUT_DIR/weights.npz (every weight, in model.weights order), OUT_DIR/model.keras and
@@ -62,7 +62,14 @@ def main() -> None:
     p.add_argument("--model", choices=("tiny", "resnet50"), default="tiny",
                    help="resnet50: crackxai's own model from random init (benchmarks)")
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--sgd", action="store_true",
+                   help="plain SGD instead of the stage's Adam: a step is lr * gradient, so a "
+                        "gradient difference shows (Adam's first steps are lr * sign(g))")
     a = p.parse_args()
+    if a.sgd:  # run_phases compiles with keras.optimizers.Adam(lr)
+        import keras
+
+        keras.optimizers.Adam = lambda lr, **kwargs: keras.optimizers.SGD(lr)
 
     from crackxai.models import distribute
 
