@@ -72,7 +72,7 @@ readme-scorecard: setup  ## regenerate the README's explanation tables (python -
 # params.yaml changed behind a git index that calls it unchanged (same size and time), and
 # `git checkout` would then skip it (README "Why validate comes first").
 restore:  ## put back the last committed state after a failed or killed run
-	touch params.yaml dvc.lock
+	touch -c params.yaml dvc.lock
 	git checkout HEAD -- params.yaml dvc.lock
 	$(UV) run --frozen $(UV_GROUPS) dvc checkout
 

@@ -45,7 +45,7 @@ WHAT = ("a bad value stops at validate with one paragraph naming the key, nothin
         "params.yaml dvc.lock && dvc checkout`) brings back every output byte for byte and "
         "`dvc status` is clean")
 # the Makefile's `restore` target, command by command
-RESTORE = (("touch", "params.yaml", "dvc.lock"),
+RESTORE = (("touch", "-c", "params.yaml", "dvc.lock"),
            ("git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock"),
            ("dvc", "checkout"))
 
