@@ -6,6 +6,7 @@ strategy, as the train stage does it. Run as a script, a fresh process per devic
     python tests/dist_train_tiny.py OUT_DIR DISTRIBUTION [--logical-cpus N] [--n 64] [--size 16]
                                     [--batch 16] [--epochs 2] [--no-sync-bn] [--no-augment]
                                     [--model tiny|resnet50] [--lr 1e-2] [--sgd]
+                                    [--precision float32|float64] [--permute]
 
 TF_CONFIG in the environment makes it one worker of a cluster. Writes, on the chief only,
 OUT_DIR/weights.npz (every weight, in model.weights order), OUT_DIR/model.keras and
@@ -65,6 +66,10 @@ def main() -> None:
     p.add_argument("--sgd", action="store_true",
                    help="plain SGD instead of the stage's Adam: a step is lr * gradient, so a "
                         "gradient difference shows (Adam's first steps are lr * sign(g))")
+    p.add_argument("--precision", default="float32", help="the Keras policy (train.precision)")
+    p.add_argument("--permute", action="store_true",
+                   help="the same images, each batch's rows in another order: how far float32 "
+                        "rounding alone moves this run (the tolerance of a distributed one)")
     a = p.parse_args()
     if a.sgd:  # run_phases compiles with keras.optimizers.Adam(lr)
         import keras
@@ -83,14 +88,18 @@ def main() -> None:
     from crackxai.data.processed import Split
     from crackxai.models.training import Phase, configure_runtime, make_dataset, run_phases
 
-    configure_runtime("float32", 0, True)
+    configure_runtime(a.precision, 0, True)
     rng = np.random.default_rng(0)
     labels = (np.arange(a.n) % 2).astype(np.int64)
     images = rng.integers(0, 120, (a.n, a.size, a.size, 3), dtype=np.uint8)
     images[labels == 1, :, a.size // 2] = 250  # a bright line: learnable in a few steps
     split = Split("train", images, labels, None, pd.DataFrame(), ["Negative", "Positive"])
-    train_ds = distribute.shard_by_data(make_dataset(split, a.batch, shuffle_seed=0,
-                                                     flip=not a.no_augment, augment_seed=0))
+    train_ds = make_dataset(split, a.batch, shuffle_seed=0, flip=not a.no_augment, augment_seed=0)
+    if a.permute:  # the same batches, rows reversed: the same step in exact arithmetic
+        import tensorflow as tf
+
+        train_ds = train_ds.map(lambda x, y: (tf.reverse(x, [0]), tf.reverse(y, [0])))
+    train_ds = distribute.shard_by_data(train_ds)
     val_ds = distribute.shard_by_data(make_dataset(split, a.batch))
 
     a.out.mkdir(parents=True, exist_ok=True)

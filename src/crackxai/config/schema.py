@@ -33,7 +33,8 @@ __all__ = [  # what `from crackxai.config.schema import *` (crackxai.config) re-
     "SyntheticConfig", "TrackingConfig", "TrainConfig", "leaf_types", "section_keys",
 ]
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # keras.mixed_precision policies
+# keras.mixed_precision policies; float64 is for checking numerics (README "Scaling out"), not speed
+PRECISIONS = ("float32", "float64", "mixed_bfloat16", "mixed_float16")
 RANDOMIZE = tuple(RANDOMIZE_STAGES)
 MODEL_NAMES = ("resnet50",)
 MIN_IMAGE_SIZE = 32  # keras.applications.ResNet50(include_top=False) refuses smaller inputs

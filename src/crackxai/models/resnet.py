@@ -171,8 +171,10 @@ def build_model(
     x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     if dropout > 0:
         x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    # float32 output keeps softmax stable under mixed precision
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    # float32 output keeps softmax stable under mixed precision; float32/float64 follow the policy
+    mixed = keras.mixed_precision.global_policy().name.startswith("mixed")
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32" if mixed else None,
+                           name="predictions")(x)
     model = keras.Model(inputs, outputs, name="crackxai_resnet50")
     if warm:
         warm_start(model, resolved, weights)
