@@ -85,3 +85,25 @@ def test_head_sharing_view_equals_the_copy(model):
     assert memo.n_computed == computed + 3
     memo(fresh)
     assert memo.n_computed == computed + 3
+
+
+def test_head_sharing_view_of_a_float64_model():
+    """train.precision=float64 models (numerics checks) keep float64 features: the view takes
+    them as they are and answers float32 like every predictor."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float64")
+    try:
+        inputs = keras.Input((16, 16, 3))
+        x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        net = keras.Model(inputs, keras.layers.Dense(2, activation="softmax",
+                                                     name="predictions")(x))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy = EM.randomized_copy(net, "head", seed=3)
+    view = MemoPredictor(net, batch_size=8).sharing_features(copy)
+    x = images(5)
+    got = view(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, Predictor(copy)(x), rtol=1e-6, atol=1e-7)

@@ -128,7 +128,7 @@ class HeadPredictor:
         self.num_classes = int(copy.output_shape[-1])
         self.n_evals = 0
         head = copy.layers[-1]
-        spec = tf.TensorSpec((None, *head.input.shape[1:]), tf.float32)
+        spec = tf.TensorSpec((None, *head.input.shape[1:]), head.input.dtype)  # float64 models too
         self._fn = tf.function(lambda f: head(f, training=False), input_signature=[spec],
                                autograph=False)
 
@@ -139,4 +139,5 @@ class HeadPredictor:
         if not len(feats):
             return np.zeros((0, self.num_classes), np.float32)
         return np.concatenate([self._fn(tf.convert_to_tensor(feats[i:i + self.batch_size]))
-                               .numpy() for i in range(0, len(feats), self.batch_size)])
+                               .numpy() for i in range(0, len(feats), self.batch_size)]
+                              ).astype(np.float32, copy=False)
