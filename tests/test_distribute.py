@@ -73,13 +73,16 @@ def weights(folder: Path) -> list[np.ndarray]:
     return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+def predictions(folder: Path, name: str = "predictions") -> np.ndarray:
+    return np.load(folder / f"{name}.npy")
+
+
 def assert_same_training(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert len(wa) == len(wb)
     for i, (x, y) in enumerate(zip(wa, wb, strict=True)):
         np.testing.assert_allclose(x, y, atol=WEIGHT_ATOL, err_msg=f"weight {i}")
-    np.testing.assert_allclose(np.load(a / "predictions.npy"), np.load(b / "predictions.npy"),
-                               atol=PRED_ATOL)
+    np.testing.assert_allclose(predictions(a), predictions(b), atol=PRED_ATOL)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +95,8 @@ def test_two_logical_devices_train_as_one(single: Path, tmp_path: Path) -> None:
     assert json.loads((mirrored / "worker0.json").read_text())["replicas"] == 2
     assert_same_training(single, mirrored)
     # synchronized BatchNorm: the saved model predicts what the trained one did
-    np.testing.assert_allclose(np.load(mirrored / "predictions.npy"),
-                               np.load(mirrored / "trained_predictions.npy"), atol=1e-6)
+    np.testing.assert_allclose(predictions(mirrored),
+                               predictions(mirrored, "trained_predictions"), atol=1e-6)
 
 
 def test_two_workers_train_as_one_and_only_the_chief_writes(single: Path, tmp_path: Path) -> None:
@@ -112,10 +115,6 @@ def test_unsynchronized_batchnorm_trains_differently(single: Path, tmp_path: Pat
     out = train(tmp_path / "unsynced", "mirrored", "--logical-cpus", "2", "--no-sync-bn")
     gap = max(np.abs(x - y).max() for x, y in zip(weights(single), weights(out), strict=True))
     assert gap > 100 * WEIGHT_ATOL
-
-
-def predictions(folder: Path) -> np.ndarray:
-    return np.load(folder / "predictions.npy")
 
 
 # The train stage's model and optimiser: ResNet50 from random init (every BatchNorm trains), 32 px,
