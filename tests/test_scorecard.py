@@ -136,12 +136,28 @@ def test_is_kaggle_data_by_source_or_layout():
                               "class": ["Negative", "Positive"], "source": "synthetic"})
     assert not is_kaggle_data(synthetic)
     assert is_kaggle_data(synthetic.assign(source="kaggle"))
+    # the generator's own file names (Negative/00001.jpg) match the set's layout
+    generated = pd.DataFrame({"path": ["Negative/00001.jpg", "Positive/00001.jpg"],
+                              "class": ["Negative", "Positive"], "source": "synthetic"})
+    assert not is_kaggle_data(generated)
     copy = pd.DataFrame({"path": ["Negative/00001.jpg", "Positive/19378_1.jpg"],
                          "class": ["Negative", "Positive"], "source": "local"})
     assert is_kaggle_data(copy)
     other = copy.assign(path=["Negative/a.jpg", "Positive/b.jpg"])
     assert not is_kaggle_data(other)
     assert not is_kaggle_data(copy.assign(**{"class": ["Cat", "Dog"]}))
+
+
+def test_the_embedded_generator_is_not_kaggle_data(tmp_path: Path):
+    """Its files are named like the set's (Negative/00001.jpg): the default pipeline must not
+    print the Kaggle leak caveat."""
+    from crackxai.data import synthetic
+    from crackxai.data.sources import SourceOptions
+
+    rows = synthetic.fetch(tmp_path / "raw", tmp_path / "scratch",
+                           SourceOptions(seed=0, n_per_class=3, image_size=32))
+    assert rows[0]["path"] == "Negative/00001.jpg"
+    assert not is_kaggle_data(pd.DataFrame(rows))
 
 
 def test_crack_sample_is_recognised_as_a_kaggle_copy(crack_sample: Path):

@@ -38,11 +38,15 @@ KAGGLE_NAMED_FRACTION = 0.9
 def is_kaggle_data(manifest: pd.DataFrame) -> bool:
     """Whether LEAK_CAVEAT applies to the images a manifest lists (columns path, class and
     optionally source): any row downloaded from Kaggle (source 'kaggle'), or a local copy of the
-    set by the layout above. Synthetic and other data sets: False."""
+    set by the layout above. Synthetic and other data sets: False (the generator names its files
+    like the set's, so its rows are told apart by their source)."""
+    if "source" in manifest:
+        source = manifest["source"].astype(str)
+        if (source == "kaggle").any():
+            return True
+        manifest = manifest[source != "synthetic"]
     if manifest.empty:
         return False
-    if "source" in manifest and (manifest["source"].astype(str) == "kaggle").any():
-        return True
     names = manifest["path"].astype(str).str.rsplit("/", n=1).str[-1]
     return (sorted(set(manifest["class"].astype(str))) == list(KAGGLE_CLASSES)
             and names.str.match(KAGGLE_FILE).mean() >= KAGGLE_NAMED_FRACTION)
